@@ -106,10 +106,13 @@ def pandas_prepare(src: Path, out: Path, contract: Contract):
     q["reasons"] = reasons[bad].apply(lambda r: [k for k in REASONS if r[k]], axis=1)
 
     v = df[~bad].copy()
-    email, ip, phone = (re.compile(PII_PATTERNS[k]) for k in ("EMAIL", "IP", "PHONE"))
+    email, ip, phone = (re.compile(PII_PATTERNS[k], re.ASCII) for k in ("EMAIL", "IP", "PHONE"))
     def redact(x):
         if not isinstance(x, str): return None
-        return phone.sub("[PHONE]", ip.sub("[IP]", _redact_checked(email.sub("[EMAIL]", x))))
+        while True:  # until nothing changes: a replacement can expose another match
+            y = phone.sub("[PHONE]", ip.sub("[IP]", _redact_checked(email.sub("[EMAIL]", x))))
+            if y == x: return y
+            x = y
     for t in c.text_cols: v[t] = cleaned[t][~bad].map(redact)
     v["text"] = ["\n\n".join(p for p in row if isinstance(p, str)) for row in zip(*(v[t] for t in c.text_cols))]
     key = v["text"].str.lower().str.replace(r"\s+", " ", regex=True).str.strip()

@@ -1,0 +1,105 @@
+"End to end: the prepare job notebook through the real `workbench` command and a real papermill kernel."
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import ROOT, workbench_cmd
+
+from workbench.data import find_pii, load_dataset
+from workbench.sample import make_dirty
+
+
+def _manifest(home, dataset):
+    return json.loads((home / "datasets" / dataset / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["tickets", "tickets_drift", "tickets_dirty"])
+def test_prepare_job_on_sample_files(home, name):
+    src = ROOT / "sample_data" / f"{name}.csv"
+    r = workbench_cmd("job", "prepare", "-p", f"source={src}", "-p", f"dataset={name}")
+    assert r.returncode == 0, r.stderr
+    assert "(balanced)" in r.stdout and "executed notebook:" in r.stdout
+    executed = Path(r.stdout.split("executed notebook:")[1].strip())
+    assert executed.is_file() and executed.is_relative_to(home / "runs")
+    assert (executed.parent / "summary.txt").read_text().strip() in r.stdout
+    m = _manifest(home, name)
+    rows = m["rows"]
+    assert rows["in"] == rows["curated"] + rows["quarantined"] + rows["duplicates"]
+    assert rows["in"] == pl.read_csv(src, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True).height
+    assert sum(m["quarantine_reasons"].values()) == rows["quarantined"]
+    assert m["fingerprint"].startswith("sha256:") and len(m["fingerprint"]) == 71
+    cur = load_dataset(home / "datasets" / name).collect()
+    assert cur.height == rows["curated"] and cur["id"].n_unique() == cur.height
+    assert all(find_pii(t) == [] for t in cur["text"])
+    assert set(cur["split"]) == {"train", "validation", "test"}
+    if name == "tickets_dirty":
+        _, expected = make_dirty()
+        assert m["quarantine_reasons"] == {k: v for k, v in expected.items() if k not in ("valid", "rows")}
+        q = load_dataset(home / "datasets" / name, "quarantine").collect()
+        assert q.height == rows["quarantined"] and q["reason"].null_count() == 0
+        # a quarantined row keeps its original values: its body is byte-for-byte what the file held (lossy-decoded)
+        raw = pl.read_csv(src, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True).with_row_index("source_row", 1)
+        joined = q.join(raw.with_columns(pl.col("source_row").cast(pl.Int64)), on="source_row", suffix="_raw")
+        assert joined.height == q.height
+        assert (joined["body"].fill_null("\0") == joined["body_raw"].fill_null("\0")).all()
+    else:
+        assert rows["quarantined"] == 0 and rows["duplicates"] > 0 and sum(m["pii_redacted"].values()) > 0
+
+
+def test_prepare_job_failure_keeps_the_notebook(home):
+    r = workbench_cmd("job", "prepare", "-p", "source=sample_data/does_not_exist.csv")
+    assert r.returncode == 1
+    assert "failed in cell" in r.stderr and "no such file or folder: sample_data/does_not_exist.csv" in r.stderr
+    executed = Path(r.stderr.split("executed notebook:")[1].strip())
+    nb = json.loads(executed.read_text())
+    assert any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
+
+
+def test_unknown_job(home):
+    r = workbench_cmd("job", "nope")
+    assert r.returncode == 2 and "no job 'nope'" in r.stderr and "prepare" in r.stderr
+
+
+@pytest.mark.parametrize("content,name,message", [
+    (None, "missing.csv", "no such file or folder"),
+    (b"", "empty.csv", "the file is empty"),
+    (b"not parquet at all", "junk.parquet", "cannot read as parquet"),
+    (b"id,body\n1,hello\n", "nolabel.csv", "missing required column(s) ['created_at', 'channel'"),
+    (b"a\tb\n", "table.xlsx", "unsupported format '.xlsx'"),
+])
+def test_prepare_bad_files_give_clear_errors(home, tmp_path, content, name, message):
+    src = tmp_path / name
+    if content is not None: src.write_bytes(content)
+    r = workbench_cmd("prepare", src, "--contract", ROOT / "sample_data" / "contract.yaml")
+    assert r.returncode == 2, r.stdout
+    assert message in r.stderr and name in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_landing_folder_incremental(home, tmp_path):
+    land = tmp_path / "landing"; land.mkdir()
+    df = pl.read_csv(ROOT / "sample_data" / "tickets.csv", infer_schema=False)
+    df[:1000].write_csv(land / "a.csv")
+    args = ["prepare", land, "--contract", ROOT / "sample_data" / "contract.yaml", "--skip-bad-files", "--json"]
+    first = json.loads(workbench_cmd(*args).stdout)
+    df[1000:1500].write_parquet(land / "b.parquet")
+    (land / "broken.csv").write_bytes(b"")
+    second = json.loads(workbench_cmd(*args).stdout)
+    third = json.loads(workbench_cmd(*args).stdout)
+    assert first["rows"]["in"] == 1000 and second["rows"]["in"] == 1500
+    assert third["rows"] == second["rows"] and third["fingerprint"] == second["fingerprint"] and len(third["batches"]) == 2
+    assert [Path(f["path"]).name for f in second["rejected_files"]] == ["broken.csv"]
+
+
+def test_sample_data_regenerates_identically(tmp_path):
+    from workbench.sample import write_sample_data
+    written = write_sample_data(tmp_path)
+    for path in written.values():
+        assert path.read_bytes() == (ROOT / "sample_data" / path.name).read_bytes(), path.name
+
+
+def test_job_notebooks_have_a_parameters_cell():
+    for nb in (ROOT / "nbs" / "jobs").glob("*.ipynb"):
+        cells = json.loads(nb.read_text())["cells"]
+        assert any("parameters" in c["metadata"].get("tags", []) for c in cells), nb
