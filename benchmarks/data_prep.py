@@ -110,7 +110,8 @@ def pandas_prepare(src: Path, out: Path, contract: Contract):
     def redact(x):
         if not isinstance(x, str): return None
         while True:  # until nothing changes: a replacement can expose another match
-            y = phone.sub("[PHONE]", ip.sub("[IP]", _redact_checked(email.sub("[EMAIL]", x))))
+            y = _redact_checked(_redact_checked(email.sub("[EMAIL]", x), "IBAN"), "CARD")
+            y = phone.sub("[PHONE]", ip.sub("[IP]", y))
             if y == x: return y
             x = y
     for t in c.text_cols: v[t] = cleaned[t][~bad].map(redact)
