@@ -85,11 +85,14 @@ def test_landing_folder_incremental(home, tmp_path):
     first = json.loads(workbench_cmd(*args).stdout)
     df[1000:1500].write_parquet(land / "b.parquet")
     (land / "broken.csv").write_bytes(b"")
+    header = ",".join(df.columns).encode()
+    (land / "unclosed.csv").write_bytes(header + b'\nX1,2025-01-01T00:00:00Z,email,p,EU,free,en,1,"no closing quote,billing\n')
     second = json.loads(workbench_cmd(*args).stdout)
     third = json.loads(workbench_cmd(*args).stdout)
     assert first["rows"]["in"] == 1000 and second["rows"]["in"] == 1500
     assert third["rows"] == second["rows"] and third["fingerprint"] == second["fingerprint"] and len(third["batches"]) == 2
-    assert [Path(f["path"]).name for f in second["rejected_files"]] == ["broken.csv"]
+    assert sorted(Path(f["path"]).name for f in second["rejected_files"]) == ["broken.csv", "unclosed.csv"]
+    assert any("cannot read to the end" in f["error"] for f in second["rejected_files"])
 
 
 def test_sample_data_regenerates_identically(tmp_path):
