@@ -191,7 +191,6 @@ def main():
     wb = best("workbench", bench / "out_workbench")
     pdr = best("pandas", bench / "out_pandas")
     problems = compare(bench / "out_workbench", bench / "out_pandas")
-    m = load_dataset(bench / "out_workbench")
     rows = []
     for name, r in (("workbench (polars streaming)", wb), ("pandas", pdr)):
         rows.append((name, args.rows, r["seconds"], args.rows / r["seconds"], r["peak_rss_gb"]))
