@@ -42,13 +42,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="a merged model folder from training (`<out>/model`)")
     ap.add_argument("--dataset", default="workspace/datasets/tickets", help="prepared dataset whose test split is used")
-    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--max-length", type=int, default=None, help="default: the model's training max_length")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--keep-fp32", type=int, default=0, help="also run int8 with the N most sensitive Linear layers kept in fp32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    import json
+    tc = Path(a.model) / "train_config.json"
+    a.max_length = a.max_length or (json.loads(tc.read_text())["max_length"] if tc.exists() else 256)
     frames, labels, fp = load_splits(a.dataset)
     test = frames["test"]; texts, y_names = test["text"].to_list(), test["label"].to_list()
     work = Path(tempfile.mkdtemp(prefix="bench-infer-"))

@@ -8,8 +8,10 @@ evaluated on its validation split:
 - `workbench-full`: the same loop, all weights trained (`method="full"`, lr 5e-5: the usual full fine-tuning rate).
 - `hf-trainer-peft`: `transformers.Trainer` + `peft.get_peft_model` with the same LoRA configuration, learning
   rate, schedule, batch size, epochs and max_length, `DataCollatorWithPadding`, evaluation each epoch.
+- `tfidf-logreg`: the classic baseline, scikit-learn TF-IDF (word 1-2 grams) + logistic regression, its C chosen
+  on the validation split.
 Reported: training samples/s (examples x epochs / wall time of the whole fit, evaluation included), peak RSS,
-validation macro-F1 of the kept model. One table at the end.
+validation and test macro-F1 of the kept model. One table at the end.
 """
 import argparse, json, os, resource, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -24,12 +26,28 @@ def run_one(kind, dataset, epochs, rows, out):
     frames, labels, _ = load_splits(dataset)
     tr, va = frames["train"], frames["validation"]
     if rows: tr = tr.sample(n=min(rows, tr.height), seed=0)
-    cfg = TrainConfig(epochs=epochs, patience=0)
+    cfg = TrainConfig(epochs=epochs, patience=0, **json.loads(os.environ.get("BENCH_TRAIN_CONFIG", "{}")))
+    te = frames["test"]; y_te = [labels.index(l) for l in te["label"]]
     t0 = time.perf_counter()
     if kind.startswith("workbench"):
+        from workbench.infer import Predictor
         if kind == "workbench-full": cfg = dataclasses.replace(cfg, method="full", lr=5e-5)
         res = fit(cfg, tr, va, out, labels=labels, progress=False)
         f1 = res["validation"]["macro_f1"]
+        secs = time.perf_counter() - t0
+        p = Predictor(res["model"], max_length=cfg.max_length).predict_proba(te["text"].to_list())[0]
+        f1_test = classification_metrics(y_te, p.argmax(1), labels)["macro_f1"]
+    elif kind == "tfidf-logreg":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True); X = vec.fit_transform(tr["text"].to_list())
+        y_tr = [labels.index(l) for l in tr["label"]]; y_va = [labels.index(l) for l in va["label"]]
+        fits = {C: LogisticRegression(max_iter=3000, C=C).fit(X, y_tr) for C in (1, 3, 10, 30)}
+        scores = {C: classification_metrics(y_va, m.predict(vec.transform(va["text"].to_list())), labels)["macro_f1"] for C, m in fits.items()}
+        C = max(scores, key=scores.get); f1 = scores[C]
+        secs = time.perf_counter() - t0
+        f1_test = classification_metrics(y_te, fits[C].predict(vec.transform(te["text"].to_list())), labels)["macro_f1"]
+        epochs = 1  # one pass per C
     else:
         from peft import LoraConfig, TaskType, get_peft_model
         from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
@@ -52,10 +70,11 @@ def run_one(kind, dataset, epochs, rows, out):
                           compute_metrics=metrics)
         trainer.train()
         f1 = trainer.evaluate()["eval_macro_f1"]
-    secs = time.perf_counter() - t0
+        secs = time.perf_counter() - t0
+        f1_test = trainer.evaluate(ds(te), metric_key_prefix="test")["test_macro_f1"]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"contender": kind, "train_rows": tr.height, "epochs": epochs, "seconds": secs,
-                      "samples_per_s": tr.height * epochs / secs, "peak_rss_mb": rss, "val_macro_f1": f1}))
+                      "samples_per_s": tr.height * epochs / secs, "peak_rss_mb": rss, "val_macro_f1": f1, "test_macro_f1": f1_test}))
 
 
 def main():
@@ -63,7 +82,7 @@ def main():
     ap.add_argument("--dataset", default="workspace/datasets/tickets")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-rows", type=int, default=0, help="sample this many training rows (0 = all)")
-    ap.add_argument("--only", nargs="*", default=["workbench-lora", "workbench-full", "hf-trainer-peft"])
+    ap.add_argument("--only", nargs="*", default=["workbench-lora", "workbench-full", "hf-trainer-peft", "tfidf-logreg"])
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -81,6 +100,7 @@ def main():
     lora = df.filter(pl.col("contender") == "workbench-lora").row(0, named=True) if "workbench-lora" in a.only else None
     if lora: df = df.with_columns(speed_vs_lora=pl.col("samples_per_s") / lora["samples_per_s"], f1_vs_lora_pts=(pl.col("val_macro_f1") - lora["val_macro_f1"]) * 100)
     import torch
+    if os.environ.get("BENCH_TRAIN_CONFIG"): print(f"TrainConfig overrides: {os.environ['BENCH_TRAIN_CONFIG']}")
     print(f"\ntraining on {a.dataset}, {df['train_rows'][0]} training rows x {a.epochs} epochs, {torch.get_num_threads()} threads, torch {torch.__version__}")
     with pl.Config(tbl_rows=20, tbl_cols=20, float_precision=3, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         print(df.drop("epochs"))
