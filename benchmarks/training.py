@@ -49,6 +49,7 @@ def run_one(kind, dataset, epochs, rows, out):
         f1_test = classification_metrics(y_te, fits[C].predict(vec.transform(te["text"].to_list())), labels)["macro_f1"]
         epochs = 1  # one pass per C
     else:
+        if cfg.class_weights != "none": sys.exit("the Trainer contender has no class weights: run with BENCH_TRAIN_CONFIG='{\"class_weights\": \"none\"}'")
         from peft import LoraConfig, TaskType, get_peft_model
         from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
         torch.manual_seed(cfg.seed)
@@ -62,7 +63,7 @@ def run_one(kind, dataset, epochs, rows, out):
         def metrics(p):
             return {"macro_f1": classification_metrics(p.label_ids, p.predictions.argmax(-1), labels)["macro_f1"]}
         args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=64,
-                                 num_train_epochs=epochs, learning_rate=cfg.lr, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+                                 num_train_epochs=epochs, learning_rate=cfg.lr, warmup_steps=int(cfg.warmup_ratio * epochs * -(-tr.height // cfg.batch_size)), weight_decay=cfg.weight_decay,
                                  lr_scheduler_type="linear", eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
                                  metric_for_best_model="macro_f1", save_total_limit=1, seed=cfg.seed, report_to=[], disable_tqdm=True,
                                  logging_strategy="no", use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
