@@ -180,4 +180,5 @@ d = { 'settings': { 'branch': 'main',
                                  'workbench.train.load_splits': ('train.html#load_splits', 'workbench/train.py'),
                                  'workbench.train.main': ('train.html#main', 'workbench/train.py'),
                                  'workbench.train.predict_proba': ('train.html#predict_proba', 'workbench/train.py'),
+                                 'workbench.train.rank_loss': ('train.html#rank_loss', 'workbench/train.py'),
                                  'workbench.train.train': ('train.html#train', 'workbench/train.py')}}}
