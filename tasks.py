@@ -58,8 +58,8 @@ def check_sync():
 
 
 def main_job(args):
-    "The main job: prepare the sample tickets (later: the whole train + score pipeline)."
-    sh(BIN / "workbench", "job", "prepare", *args)
+    "The main job: the `main` pipeline (prepare -> train -> evaluate -> score) on the sample tickets, CPU-sized."
+    sh(BIN / "workbench", "run", "main", *args)
 
 
 def test(args):

@@ -22,7 +22,8 @@ def test_prepare_job_on_sample_files(home, name):
     assert "(balanced)" in r.stdout and "executed notebook:" in r.stdout
     executed = Path(r.stdout.split("executed notebook:")[1].strip())
     assert executed.is_file() and executed.is_relative_to(home / "runs")
-    assert (executed.parent / "summary.txt").read_text().strip() in r.stdout
+    outputs = json.loads((executed.parent / "outputs.json").read_text())
+    assert outputs["summary"].strip() in r.stdout and outputs["data_fingerprint"] == _manifest(home, name)["fingerprint"]
     m = _manifest(home, name)
     rows = m["rows"]
     assert rows["in"] == rows["curated"] + rows["quarantined"] + rows["duplicates"]

@@ -1,0 +1,247 @@
+"""End to end: the job notebooks and pipelines through the real `workbench` command, papermill kernels and MLflow (SQLite).
+
+One workspace for the module: the `train` pipeline runs once with tiny parameters, the other tests build on it.
+"""
+import json
+from pathlib import Path
+
+import mlflow
+import polars as pl
+import pytest
+from conftest import ROOT, workbench_cmd
+
+# tiny and fast: 200 training rows of 32 tokens, one epoch; a gate that lets the tiny model through
+TINY = ["-p", "train_rows=200", "-p", "max_length=32", "-p", "min_macro_f1=0", "-p", "max_parity_drop=1",
+        "-p", "max_p95_ms=10000", "-p", "latency_samples=5"]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    "A workspace with a small copy of the sample tickets."
+    root = tmp_path_factory.mktemp("pipelines")
+    tickets = pl.read_csv(ROOT / "sample_data" / "tickets.csv", infer_schema=False)
+    tickets.head(800).write_csv(root / "tickets.csv")
+    pl.read_csv(ROOT / "sample_data" / "tickets_drift.csv", infer_schema=False).head(300).write_csv(root / "new.csv")
+    return root
+
+
+def wb(ws, *args, **kw):
+    return workbench_cmd(*args, env={"WORKBENCH_HOME": str(ws / "workspace"), **kw.pop("env", {})}, **kw)
+
+
+def run_record(ws, stdout):
+    run_id = stdout.split("\nrun ")[1].split(":")[0]
+    return json.loads((ws / "workspace" / "runs" / run_id / "run.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(ws):
+    "The `train` pipeline on the small tickets (prepare -> train -> evaluate)."
+    r = wb(ws, "run", "train", "-p", f"prepare.source={ws / 'tickets.csv'}", "-p", "dataset=small", *TINY)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r, run_record(ws, r.stdout)
+
+
+def _client(ws):
+    uri = f"sqlite:///{ws / 'workspace' / 'mlflow.db'}"
+    return mlflow.MlflowClient(uri, registry_uri=uri)
+
+
+def test_train_pipeline_records_everything(ws, trained):
+    r, rec = trained
+    assert rec["status"] == "succeeded" and [s["status"] for s in rec["steps"]] == ["succeeded"] * 3
+    root = ws / "workspace" / "runs" / rec["run_id"]
+    for i, job in enumerate(["prepare", "train", "evaluate"], 1):  # one folder per step with its executed notebook
+        nb = json.loads((root / f"{i:02d}-{job}" / f"{job}.ipynb").read_text())
+        assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
+    out = {s["id"]: s["outputs"] for s in rec["steps"]}
+    assert rec["steps"][1]["resolved"]["dataset_dir"] == out["prepare"]["dataset_dir"]  # wiring
+    assert rec["steps"][2]["resolved"]["model_dir"] == out["train"]["model_dir"]
+    assert out["evaluate"]["alias"] == "champion" and out["evaluate"]["model_version"] == "1"
+    for text in ("model        tickets version 1 (", "alias champion (gate: promoted)", "macro-F1     fp32 ", "cost         $",
+                 "executed notebooks", "mlflow ui --backend-store-uri sqlite:///"):
+        assert text in r.stdout, text
+    lin = json.loads((root / "lineage.json").read_text())
+    assert lin["lineage_id"] == rec["lineage_id"] and lin["model"] == {"name": "tickets", "version": "1", "alias": "champion"}
+    assert lin["data_fingerprints"]["prepare"] == out["prepare"]["data_fingerprint"] and lin["git_commit"]
+    assert [s["notebook_sha256"] for s in lin["steps"]] and lin["steps"][1]["mlflow_run_id"]
+    client = _client(ws)
+    parent = client.get_run(rec["mlflow"]["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["workbench.lineage_id"] == rec["lineage_id"]
+    children = client.search_runs([rec["mlflow"]["experiment_id"]], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.info.run_name for c in children) == ["01-prepare", "02-train", "03-evaluate"]
+    for c in children:
+        assert c.info.status == "FINISHED" and c.data.metrics["duration_s"] > 0
+        assert [a.path for a in client.list_artifacts(c.info.run_id, "notebook")] == [f"notebook/{c.data.tags['workbench.job']}.ipynb"]
+    train_child = next(c for c in children if c.info.run_name == "02-train")
+    assert train_child.data.params["epochs"] == "1" and train_child.data.tags["output.training_run_id"] == out["train"]["training_run_id"]
+    assert client.get_model_version_by_alias("tickets", "champion").version in (1, "1")
+
+
+def _metrics(rec):
+    m = json.loads((Path(next(s for s in rec["steps"] if s["id"] == "train")["outputs"]["model_dir"]).parent / "metrics.json").read_text())
+    for h in m["history"]: h.pop("seconds")
+    ev = next(s for s in rec["steps"] if s["id"] == "evaluate")["outputs"]
+    return m, (ev["macro_f1_fp32"], ev["macro_f1_served"])
+
+
+def test_train_twice_gives_identical_metrics_and_lineage(ws, trained):
+    _, first = trained
+    r = wb(ws, "run", "train", "-p", f"prepare.source={ws / 'tickets.csv'}", "-p", "dataset=small", *TINY)
+    assert r.returncode == 0, r.stderr[-3000:]
+    second = run_record(ws, r.stdout)
+    assert second["run_id"] != first["run_id"]
+    assert _metrics(second) == _metrics(first)
+    assert second["lineage_id"] == first["lineage_id"]
+    assert next(s for s in second["steps"] if s["id"] == "evaluate")["outputs"]["model_version"] == "2"  # as good: promoted
+
+
+def test_lineage_changes_with_parameters_and_data(ws, tmp_path):
+    "A prepare-only pipeline: the same file twice shares a lineage; a new parameter or new file content does not."
+    (tmp_path / "p.yaml").write_text("pipelines:\n  data:\n    steps: [prepare]\n")
+    src = tmp_path / "t.csv"
+    pl.read_csv(ws / "tickets.csv", infer_schema=False).head(300).write_csv(src)
+    env = {"WORKBENCH_PIPELINES": str(tmp_path / "p.yaml")}
+    def lineage(*extra):
+        r = wb(ws, "run", "data", "-p", f"source={src}", "-p", "dataset=lin", *extra, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return run_record(ws, r.stdout)["lineage_id"]
+    a = lineage()
+    assert lineage() == a
+    assert lineage("-p", "stratify=true") != a
+    pl.read_csv(ws / "tickets.csv", infer_schema=False).slice(300, 50).write_csv(src)  # same path, new content
+    assert lineage() != a
+
+
+def test_score_pipeline_uses_the_champion(ws, trained):
+    r = wb(ws, "run", "score", "-p", f"source={ws / 'new.csv'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = run_record(ws, r.stdout)
+    out = rec["steps"][0]["outputs"]
+    champion = str(_client(ws).get_model_version_by_alias("tickets", "champion").version)
+    assert out["scored_model_version"] == champion and out["model_uri"] == f"models:/tickets/{champion}"
+    pred = pl.read_parquet(out["predictions"])
+    quarantined = pl.read_parquet(Path(out["predictions"]).with_name("predictions.quarantine.parquet")).height if out["rows_quarantined"] else 0
+    assert pred.height + quarantined == 300 and out["rows_scored"] + out["rows_failed"] == pred.height
+    labels = sorted(c.removeprefix("p_") for c in pred.columns if c.startswith("p_"))
+    assert len(labels) == 8 and set(pred["prediction"].drop_nulls()) <= set(labels)
+    assert ((pred.select(pl.sum_horizontal(pl.col("^p_.*$")))).to_series() - 1).abs().max() < 1e-5
+    assert (pred["model_version"] == champion).all()
+    assert "labelled     macro-F1" in r.stdout and "predictions  " in r.stdout
+
+
+@pytest.mark.parametrize("source,expect", [("tickets_dirty.csv", "quarantined"), ("folder", "skipped file")])
+def test_score_job_on_bad_input(ws, trained, tmp_path, source, expect):
+    if source == "folder":
+        (tmp_path / "land").mkdir()
+        pl.read_csv(ws / "new.csv", infer_schema=False).head(40).write_csv(tmp_path / "land" / "a.csv")
+        (tmp_path / "land" / "b.parquet").write_bytes(b"not parquet")
+        src = tmp_path / "land"
+    else: src = ROOT / "sample_data" / source
+    r = wb(ws, "job", "score", "-p", f"source={src}", "-p", "on_bad_file=skip", "-p", f"out={tmp_path / 'p.parquet'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    pred = pl.read_parquet(tmp_path / "p.parquet")
+    if expect == "quarantined":
+        q = pl.read_parquet(tmp_path / "p.quarantine.parquet")
+        n_in = pl.read_csv(src, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True).height
+        assert pred.height + q.height == n_in and q["reason"].null_count() == 0
+    else:
+        assert pred.height == 40
+
+
+@pytest.mark.parametrize("method,extra", [("lora", []), ("full", ["-p", "lr=5e-5", "-p", "class_weights=none"])])
+def test_train_job_matrix(ws, trained, method, extra):
+    dataset = next(s for s in trained[1]["steps"] if s["id"] == "prepare")["outputs"]["dataset_dir"]
+    r = wb(ws, "job", "train", "-p", f"dataset_dir={dataset}", "-p", f"method={method}", "-p", "train_rows=64", "-p", "max_length=32", *extra)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"training     {method} on small" in r.stdout
+    nb = Path(r.stdout.split("executed notebook:")[1].strip())
+    assert (nb.parent / "training" / "model" / "model.safetensors").is_file()
+
+
+def test_failed_step_skips_the_rest_and_names_the_cell(ws, trained):
+    r = wb(ws, "run", "train", "-p", f"prepare.source={ws / 'tickets.csv'}", "-p", "dataset=small", "-p", "base_model=/no/such/model", *TINY)
+    assert r.returncode == 1
+    assert "step 'train' failed: job 'train' failed in cell [" in r.stderr and "Traceback" not in r.stderr
+    assert "later steps skipped: ['evaluate']" in r.stderr and "resume with: workbench run train --resume train-" in r.stderr
+    run_id = r.stderr.split("--resume ")[1].split()[0]
+    rec = json.loads((ws / "workspace" / "runs" / run_id / "run.json").read_text())
+    assert [s["status"] for s in rec["steps"]] == ["succeeded", "failed", "skipped"] and rec["status"] == "failed"
+    nb = Path(rec["steps"][1]["notebook"])
+    assert str(nb) in r.stderr
+    outputs = [o for c in json.loads(nb.read_text())["cells"] for o in c.get("outputs", [])]
+    assert any(o.get("output_type") == "error" and "/no/such/model" in o.get("evalue", "") for o in outputs)
+    assert _client(ws).get_run(rec["mlflow"]["run_id"]).info.status == "FAILED"
+
+
+def test_resume_continues_from_the_failed_step(ws, trained, tmp_path):
+    later = tmp_path / "later.csv"
+    r = wb(ws, "run", "score", "-p", f"source={later}", "--retries", "1")
+    assert r.returncode == 1 and "no such file or folder" in r.stderr
+    run_id = r.stderr.split("--resume ")[1].split()[0]
+    rec = json.loads((ws / "workspace" / "runs" / run_id / "run.json").read_text())
+    assert len(rec["steps"][0]["attempts"]) == 2 and Path(rec["steps"][0]["attempts"][0]["notebook"]).name == "score.attempt1.ipynb"
+    pl.read_csv(ws / "new.csv", infer_schema=False).head(20).write_csv(later)  # the file arrives
+    assert "keeps its parameters" in wb(ws, "run", "score", "--resume", run_id, "-p", "batch_size=8").stderr
+    r = wb(ws, "run", "score", "--resume", run_id)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((ws / "workspace" / "runs" / run_id / "run.json").read_text())
+    assert rec["status"] == "succeeded" and len(rec["steps"][0]["attempts"]) == 3 and rec["steps"][0]["outputs"]["rows_scored"] == 20
+    assert _client(ws).get_run(rec["mlflow"]["run_id"]).info.status == "FINISHED"
+
+
+def test_bad_parameters_are_rejected_before_any_kernel(ws, tmp_path):
+    runs = ws / "workspace" / "runs"
+    before = set(runs.iterdir()) if runs.exists() else set()
+    cases = [(["-p", "epochs=three"], "parameter 'epochs' of job 'train' expects int, got 'three'"),
+             (["-p", "method=qlora"], "expects Literal['lora', 'full'], got 'qlora'"),
+             (["-p", "nope=1"], "no step of pipeline 'train' has a parameter 'nope'"),
+             (["-p", "dataset_dir=/x"], "is wired to '${prepare.dataset_dir}'; it cannot be set"),
+             (["-p", "evaluate.epochs=2"], "job 'evaluate' has no parameter 'epochs'"),
+             (["-p", "run_dir=/x"], "is set by the runner")]
+    (tmp_path / "bad.yaml").write_text("epochs: 2.5\n")
+    (tmp_path / "good.yaml").write_text("epochs: 2\nprepare.source: /no/such.csv\n")
+    cases.append((["-f", str(tmp_path / "bad.yaml")], "expects int, got 2.5"))
+    cases.append((["-f", str(tmp_path / "missing.yaml")], "no parameters file"))
+    for args, message in cases:
+        r = wb(ws, "run", "train", *args)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+    assert (set(runs.iterdir()) if runs.exists() else set()) == before  # nothing started
+    r = wb(ws, "run", "train", "-f", str(tmp_path / "good.yaml"), "-p", "epochs=3")  # the file parses; -p wins; prepare fails
+    assert r.returncode == 1
+    rec = json.loads((ws / "workspace" / "runs" / r.stderr.split("--resume ")[1].split()[0] / "run.json").read_text())
+    assert rec["steps"][1]["params"]["epochs"] == 3 and rec["steps"][0]["params"]["source"] == "/no/such.csv"
+
+
+def test_one_pipeline_never_runs_twice_at_once(ws):
+    from filelock import FileLock
+    locks = ws / "workspace" / "runs" / ".locks"; locks.mkdir(parents=True, exist_ok=True)
+    (locks / "score.run").write_text("score-held-by-test")
+    with FileLock(locks / "score.lock"):
+        r = wb(ws, "run", "score")
+    assert r.returncode == 3 and "pipeline 'score' is already running (run score-held-by-test)" in r.stderr
+
+
+def test_schedules_from_the_command_line(ws, tmp_path):
+    (tmp_path / "p.yaml").write_text("pipelines:\n  data:\n    steps: [prepare]\n"
+                                     "schedules:\n  nightly:\n    pipeline: data\n    cron: '30 1 * * 1-5'\n    params: {dataset: sched}\n")
+    env = {"WORKBENCH_PIPELINES": str(tmp_path / "p.yaml")}
+    r = wb(ws, "schedule", "--list", env=env)
+    assert r.returncode == 0 and "nightly" in r.stdout and "'30 1 * * 1-5'" in r.stdout
+    r = wb(ws, "schedule", "--crontab", env=env)
+    assert "\n30 1 * * 1-5 cd " in r.stdout and "workbench run data -p dataset=sched >> " in r.stdout
+    (tmp_path / "p.yaml").write_text("pipelines:\n  data:\n    steps: [prepare]\nschedules:\n  bad:\n    pipeline: data\n    cron: '0 3 * * 9'\n")
+    r = wb(ws, "schedule", "--list", env=env)
+    assert r.returncode == 2 and "schedule 'bad': bad cron '0 3 * * 9'" in r.stderr
+
+
+def test_a_scheduled_run_starts_a_real_pipeline_run(ws, tmp_path, monkeypatch):
+    "What the scheduler does at a fire time: `python -m workbench.cli run ...` in its own process, logged."
+    (tmp_path / "p.yaml").write_text("pipelines:\n  data:\n    steps: [prepare]\n")
+    monkeypatch.setenv("WORKBENCH_PIPELINES", str(tmp_path / "p.yaml"))
+    monkeypatch.setenv("WORKBENCH_HOME", str(ws / "workspace"))
+    from workbench.jobs import Schedule, run_scheduled
+    s = Schedule("nightly-data", "data", "0 2 * * *", {"source": str(ws / "tickets.csv"), "dataset": "scheduled"})
+    assert run_scheduled(s) == 0
+    log = (ws / "workspace" / "logs" / "nightly-data.log").read_text()
+    assert "run data -p source=" in log and ": succeeded in" in log
