@@ -245,3 +245,52 @@ def test_a_scheduled_run_starts_a_real_pipeline_run(ws, tmp_path, monkeypatch):
     assert run_scheduled(s) == 0
     log = (ws / "workspace" / "logs" / "nightly-data.log").read_text()
     assert "run data -p source=" in log and ": succeeded in" in log
+
+
+def _wait(cond, timeout=120, every=0.5):
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if (v := cond()): return v
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
+def test_sigterm_interrupts_a_run_cleanly(ws, trained):
+    import os, signal, subprocess, sys
+    exe = Path(sys.executable).parent / "workbench"
+    env = {**os.environ, "WORKBENCH_HOME": str(ws / "workspace")}
+    p = subprocess.Popen([str(exe), "run", "score", "-p", f"source={ws / 'new.csv'}"], env=env, cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def started():
+        runs = sorted((ws / "workspace" / "runs").glob("score-*/run.json"), key=lambda f: f.stat().st_mtime)
+        rec = json.loads(runs[-1].read_text()) if runs else None
+        return rec if rec and rec["steps"][0]["status"] == "running" and rec["status"] == "running" else None
+    rec = _wait(started)
+    import time; time.sleep(2)  # inside the kernel
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    rec = json.loads((ws / "workspace" / "runs" / rec["run_id"] / "run.json").read_text())
+    assert rec["status"] == "interrupted" and rec["steps"][0]["status"] == "failed"
+    assert _client(ws).get_run(rec["mlflow"]["run_id"]).info.status == "KILLED"
+    r = wb(ws, "run", "score", "--resume", rec["run_id"])  # the lock is free again, and the run can finish
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "succeeded" in wb(ws, "jobs", "runs", "score").stdout
+
+
+def test_the_scheduler_runs_a_pipeline_and_stops_cleanly(ws, tmp_path):
+    import os, signal, subprocess, sys
+    (tmp_path / "p.yaml").write_text("pipelines:\n  data:\n    steps: [prepare]\n"
+                                     f"schedules:\n  every5:\n    pipeline: data\n    cron: '*/5 * * * * *'\n"
+                                     f"    params: {{source: '{ws / 'tickets.csv'}', dataset: sched5}}\n")
+    exe = Path(sys.executable).parent / "workbench"
+    env = {**os.environ, "WORKBENCH_HOME": str(ws / "workspace"), "WORKBENCH_PIPELINES": str(tmp_path / "p.yaml")}
+    p = subprocess.Popen([str(exe), "schedule"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = ws / "workspace" / "logs" / "every5.log"
+    try: _wait(lambda: log.exists() and ": succeeded in" in log.read_text(), timeout=90)
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and "every5: data, next at" in out
+    assert "schedule every5: starting run data -p source=" in err and "schedule every5: done after" in err
