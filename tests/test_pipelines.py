@@ -276,6 +276,8 @@ def test_sigterm_interrupts_a_run_cleanly(ws, trained):
     rec = json.loads((ws / "workspace" / "runs" / rec["run_id"] / "run.json").read_text())
     assert rec["status"] == "interrupted" and rec["steps"][0]["status"] == "failed"
     assert _client(ws).get_run(rec["mlflow"]["run_id"]).info.status == "KILLED"
+    attempt = rec["steps"][0]["attempts"][-1]
+    assert attempt["status"] == "interrupted" and _client(ws).get_run(attempt["mlflow_run_id"]).info.status == "KILLED"
     r = wb(ws, "run", "score", "--resume", rec["run_id"])  # the lock is free again, and the run can finish
     assert r.returncode == 0, r.stderr[-2000:]
     assert "succeeded" in wb(ws, "jobs", "runs", "score").stdout
