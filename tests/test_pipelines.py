@@ -128,11 +128,18 @@ def test_score_pipeline_uses_the_champion(ws, trained):
     assert ((pred.select(pl.sum_horizontal(pl.col("^p_.*$")))).to_series() - 1).abs().max() < 1e-5
     assert (pred["model_version"] == champion).all()
     assert "labelled     macro-F1" in r.stdout and "predictions  " in r.stdout
+    lin = json.loads((ws / "workspace" / "runs" / rec["run_id"] / "lineage.json").read_text())
+    assert lin["inputs_used"]["score"]["model"] == f"models:/tickets/{champion}"
+    again = run_record(ws, wb(ws, "run", "score", "-p", f"source={ws / 'new.csv'}").stdout)
+    other = ws / "other.csv"; pl.read_csv(ws / "new.csv", infer_schema=False).head(10).write_csv(other)
+    changed = run_record(ws, wb(ws, "run", "score", "-p", f"source={other}").stdout)
+    assert again["lineage_id"] == rec["lineage_id"] != changed["lineage_id"]
 
 
-@pytest.mark.parametrize("source,expect", [("tickets_dirty.csv", "quarantined"), ("folder", "skipped file")])
+@pytest.mark.parametrize("source,expect", [("tickets_dirty.csv", "quarantined"), ("folder", "skipped file"), ("empty", "nothing")])
 def test_score_job_on_bad_input(ws, trained, tmp_path, source, expect):
-    if source == "folder":
+    if source == "empty": (tmp_path / "empty").mkdir(); src = tmp_path / "empty"
+    elif source == "folder":
         (tmp_path / "land").mkdir()
         pl.read_csv(ws / "new.csv", infer_schema=False).head(40).write_csv(tmp_path / "land" / "a.csv")
         (tmp_path / "land" / "b.parquet").write_bytes(b"not parquet")
@@ -145,8 +152,10 @@ def test_score_job_on_bad_input(ws, trained, tmp_path, source, expect):
         q = pl.read_parquet(tmp_path / "p.quarantine.parquet")
         n_in = pl.read_csv(src, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True).height
         assert pred.height + q.height == n_in and q["reason"].null_count() == 0
+    elif expect == "nothing":
+        assert pred.height == 0 and "nothing to score" in r.stdout
     else:
-        assert pred.height == 40
+        assert pred.height == 40 and "skipped file" in r.stdout and "b.parquet" in r.stdout
 
 
 @pytest.mark.parametrize("method,extra", [("lora", []), ("full", ["-p", "lr=5e-5", "-p", "class_weights=none"])])
