@@ -7,7 +7,7 @@ One load generator (aiohttp, in this process) on loopback: `--clients` concurren
 ticket per request and waiting for the answer before the next, until `--requests` requests or `--max-seconds`.
 The servers run one after the other on the same registered model version (the alias is pinned first), each
 after a warm-up: (a) `workbench serve` with micro-batching, (b) the same with `--no-batching`, (c) `mlflow
-models serve --env-manager local` with its default workers (one per CPU), and (d) the same with one worker.
+models serve --env-manager local` with its default single worker, and (d) the same with one worker per CPU.
 Per server: throughput (answered requests per second), p50 / p95 / p99 latency of the answered requests, and
 the errors by HTTP status. The client shares the machine's cores with the server, the same for every row.
 """
@@ -79,8 +79,10 @@ async def run_one(name, cmd, ready_path, predict_path, body, texts, args, env):
         await load(base + predict_path, body, texts, min(8, args.clients), 100, 30, h)  # warm-up
         r = await load(base + predict_path, body, texts, args.clients, args.requests, args.max_seconds, h)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # mlflow starts uvicorn workers as children
-        try: proc.wait(60)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # mlflow starts uvicorn workers as children
+            proc.wait(60)
+        except ProcessLookupError: pass  # it had already exited
         except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL)
     ok = r["codes"].get(200, 0)
     return {"server": name, "startup_s": startup, "requests": sum(r["codes"].values()), "ok": ok, "rps": ok / r["wall"],
@@ -94,7 +96,7 @@ def main():
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--max-seconds", type=float, default=45)
-    ap.add_argument("--skip", default="", help="comma-separated rows to skip: batching,nobatching,mlflow,mlflow1")
+    ap.add_argument("--skip", default="", help="comma-separated rows to skip: batching,logged,nobatching,mlflow,mlflow2")
     ap.add_argument("--logs", default=None, help="folder for the servers' stderr (default <workspace>/bench/serving)")
     args = ap.parse_args()
     from workbench.config import set_offline, tracking_uri, workspace
@@ -105,7 +107,8 @@ def main():
     args.logs = args.logs or str(workspace("bench", "serving"))
     import polars as pl
     texts = pl.read_csv(ROOT / "sample_data" / "tickets.csv", infer_schema=False).select(t=pl.col("subject") + "\n\n" + pl.col("body"))["t"].drop_nulls().to_list()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "WORKBENCH_API_KEY": "bench-key"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "WORKBENCH_API_KEY": "bench-key",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # mlflow starts `uvicorn` from PATH
     wb = [str(BIN / "workbench"), "serve", "--model", uri, "--port", "{port}", "--no-log"]  # the log is measured separately below
     mlflow = [str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local", "--host", "127.0.0.1", "-p", "{port}"]
     ours = lambda t: {"text": t}
@@ -113,8 +116,8 @@ def main():
     rows_spec = [("batching", "workbench serve (micro-batching)", wb, "/ready", "/predict", ours, env),
                  ("logged", "workbench serve (micro-batching, logged)", wb[:-1] + ["--log-dir", str(workspace("bench", "serving", "log"))], "/ready", "/predict", ours, env),
                  ("nobatching", "workbench serve --no-batching", wb + ["--no-batching"], "/ready", "/predict", ours, env),
-                 ("mlflow", f"mlflow models serve ({os.cpu_count()} workers, default)", mlflow, "/ping", "/invocations", theirs, env),
-                 ("mlflow1", "mlflow models serve (1 worker)", mlflow + ["--workers", "1"], "/ping", "/invocations", theirs, env)]
+                 ("mlflow", "mlflow models serve (1 worker, default)", mlflow, "/ping", "/invocations", theirs, env),
+                 ("mlflow2", f"mlflow models serve ({os.cpu_count()} workers)", mlflow + ["--workers", str(os.cpu_count())], "/ping", "/invocations", theirs, env)]
     skip = set(filter(None, args.skip.split(",")))
     print(f"model {uri} ({info['tags'].get('variant', '?')}), {args.clients} clients, up to {args.requests} requests or {args.max_seconds:.0f} s per server, "
           f"one ticket per request, {os.cpu_count()} CPUs", flush=True)
