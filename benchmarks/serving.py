@@ -9,7 +9,9 @@ The servers run one after the other on the same registered model version (the al
 after a warm-up: (a) `workbench serve` with micro-batching, (b) the same with `--no-batching`, (c) `mlflow
 models serve --env-manager local` with its default single worker, and (d) the same with one worker per CPU.
 Per server: throughput (answered requests per second), p50 / p95 / p99 latency of the answered requests, and
-the errors by HTTP status. The client shares the machine's cores with the server, the same for every row.
+the errors by HTTP status, and the CPU time the server (with its worker processes) spent per answered request.
+The client shares the machine's cores with the server, the same for every row; its own CPU per request is
+printed too.
 """
 import argparse, asyncio, os, random, signal, socket, statistics, subprocess, sys, time
 from pathlib import Path
@@ -77,7 +79,9 @@ async def run_one(name, cmd, ready_path, predict_path, body, texts, args, env):
         startup = await wait_ready(base + ready_path, proc)
         h = {"X-API-Key": env.get("WORKBENCH_API_KEY", "")}
         await load(base + predict_path, body, texts, min(8, args.clients), 100, 30, h)  # warm-up
+        server_cpu, client_cpu = cpu_seconds(proc.pid), time.process_time()
         r = await load(base + predict_path, body, texts, args.clients, args.requests, args.max_seconds, h)
+        server_cpu, client_cpu = cpu_seconds(proc.pid) - server_cpu, time.process_time() - client_cpu
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)  # mlflow starts uvicorn workers as children
@@ -87,7 +91,16 @@ async def run_one(name, cmd, ready_path, predict_path, body, texts, args, env):
     ok = r["codes"].get(200, 0)
     return {"server": name, "startup_s": startup, "requests": sum(r["codes"].values()), "ok": ok, "rps": ok / r["wall"],
             "p50": pct(r["lat"], .5), "p95": pct(r["lat"], .95), "p99": pct(r["lat"], .99),
-            "errors": {k: v for k, v in r["codes"].items() if k != 200}}
+            "errors": {k: v for k, v in r["codes"].items() if k != 200},
+            "server_ms": server_cpu / max(ok, 1) * 1e3, "client_ms": client_cpu / max(sum(r["codes"].values()), 1) * 1e3}
+
+
+def cpu_seconds(pid: int) -> float:
+    "CPU time (user + system) of a process and its children (mlflow's uvicorn workers)."
+    import psutil
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
 
 
 def main():
@@ -97,6 +110,7 @@ def main():
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--max-seconds", type=float, default=45)
     ap.add_argument("--skip", default="", help="comma-separated rows to skip: batching,logged,nobatching,mlflow,mlflow2")
+    ap.add_argument("--serve-args", default="", help="extra options for every workbench serve row, e.g. '--threads 1 --max-batch-size 64'")
     ap.add_argument("--logs", default=None, help="folder for the servers' stderr (default <workspace>/bench/serving)")
     args = ap.parse_args()
     from workbench.config import set_offline, tracking_uri, workspace
@@ -109,7 +123,7 @@ def main():
     texts = pl.read_csv(ROOT / "sample_data" / "tickets.csv", infer_schema=False).select(t=pl.col("subject") + "\n\n" + pl.col("body"))["t"].drop_nulls().to_list()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "WORKBENCH_API_KEY": "bench-key",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # mlflow starts `uvicorn` from PATH
-    wb = [str(BIN / "workbench"), "serve", "--model", uri, "--port", "{port}", "--no-log"]  # the log is measured separately below
+    wb = [str(BIN / "workbench"), "serve", "--model", uri, "--port", "{port}", *args.serve_args.split(), "--no-log"]  # the log is measured separately below
     mlflow = [str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local", "--host", "127.0.0.1", "-p", "{port}"]
     ours = lambda t: {"text": t}
     theirs = lambda t: {"dataframe_split": {"columns": ["text"], "data": [[t]]}}
@@ -127,13 +141,13 @@ def main():
         rows.append(asyncio.run(run_one(name, cmd, ready, pred, body, texts, args, e)))
         r = rows[-1]
         print(f"  {name:<44} {r['rps']:7.1f} req/s  p50 {r['p50']:7.1f} ms  p95 {r['p95']:7.1f} ms  p99 {r['p99']:7.1f} ms  "
-              f"ok {r['ok']}/{r['requests']}  errors {r['errors'] or 0}  (ready in {r['startup_s']:.1f} s)", flush=True)
+              f"ok {r['ok']}/{r['requests']}  errors {r['errors'] or 0}  server {r['server_ms']:.1f} CPU-ms/req, client {r['client_ms']:.1f}  (ready in {r['startup_s']:.1f} s)", flush=True)
     base = next((r for r in rows if r["server"].startswith("mlflow models serve (") and "default" in r["server"]), None)
-    print("\n| server | req/s | p50 ms | p95 ms | p99 ms | ok / sent | errors | vs mlflow (default) |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    print("\n| server | req/s | p50 ms | p95 ms | p99 ms | ok / sent | errors | server CPU-ms / request | vs mlflow (default) |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
     for r in rows:
         ratio = f"{r['rps'] / base['rps']:.1f}x" if base else "n/a"
-        print(f"| {r['server']} | {r['rps']:.1f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | {r['ok']} / {r['requests']} | {r['errors'] or '-'} | {ratio} |")
+        print(f"| {r['server']} | {r['rps']:.1f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | {r['ok']} / {r['requests']} | {r['errors'] or '-'} | {r['server_ms']:.1f} | {ratio} |")
 
 
 if __name__ == "__main__":
