@@ -95,6 +95,21 @@ async def run_one(name, cmd, ready_path, predict_path, body, texts, args, env):
             "server_ms": server_cpu / max(ok, 1) * 1e3, "client_ms": client_cpu / max(sum(r["codes"].values()), 1) * 1e3}
 
 
+def model_alone(uri: str, texts: list[str], n: int = 640) -> dict[int, float]:
+    "Texts per second of the served model's own batch function (cleaning, tokenizing, forward), without a server."
+    from workbench.serve import ModelHolder, ServeConfig
+    h = ModelHolder(ServeConfig(model=uri)).load()
+    sample = random.Random(0).sample(texts, n)
+    h.run(sample[:32])  # warm-up
+    out = {}
+    for bs in (1, 32):
+        m = n // 4 if bs == 1 else n
+        t0 = time.perf_counter()
+        for i in range(0, m, bs): h.run(sample[i:i + bs])
+        out[bs] = m / (time.perf_counter() - t0)
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     "CPU time (user + system) of a process and its children (mlflow's uvicorn workers)."
     import psutil
@@ -142,6 +157,9 @@ def main():
         r = rows[-1]
         print(f"  {name:<44} {r['rps']:7.1f} req/s  p50 {r['p50']:7.1f} ms  p95 {r['p95']:7.1f} ms  p99 {r['p99']:7.1f} ms  "
               f"ok {r['ok']}/{r['requests']}  errors {r['errors'] or 0}  server {r['server_ms']:.1f} CPU-ms/req, client {r['client_ms']:.1f}  (ready in {r['startup_s']:.1f} s)", flush=True)
+    ceiling = model_alone(uri, texts)
+    print(f"  the model alone, in this process, no HTTP: {ceiling[1]:.0f} texts/s one at a time, {ceiling[32]:.0f} texts/s in batches of 32 "
+          f"(= {2e3 * os.cpu_count() / 2 / ceiling[32]:.1f} CPU-ms per text at batch 32 on {os.cpu_count()} CPUs)", flush=True)
     base = next((r for r in rows if r["server"].startswith("mlflow models serve (") and "default" in r["server"]), None)
     print("\n| server | req/s | p50 ms | p95 ms | p99 ms | ok / sent | errors | server CPU-ms / request | vs mlflow (default) |")
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
