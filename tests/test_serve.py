@@ -80,7 +80,7 @@ def registry(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(registry):
     "The main server: champion alias polled every 0.5 s, log flushed every 0.2 s. Records every text it answered."
-    s = Server(registry["ws"], "--reload-poll-s", "0.5", "--log-flush-s", "0.2", "--max-wait-ms", "5")
+    s = Server(registry["ws"], "--reload-poll-s", "0.5", "--log-flush-s", "0.2", "--max-wait-ms", "5", "--max-body-bytes", "200000")
     s.answered = []  # (request_id, id) of every text answered 200
     yield s
     s.stop()
@@ -152,7 +152,10 @@ def test_bad_input_gets_clear_errors(server):
     assert r.status_code == 413 and "at most 64 (max_texts)" in detail(r)
     r = post(server, {"text": "a", "metadata": {"channel": ["nested"]}})
     assert r.status_code == 422 and "metadata" in detail(r)
-    big = json.dumps({"text": "y" * 1_100_000}).encode()
+    assert post(server, {"texts": []}).status_code == 422
+    r = post(server, {"texts": ["fine", "\x00\x01\x02"]})  # nothing left after cleaning: found in the batch, still a 422
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "texts", 1] and "empty text" in detail(r)
+    big = json.dumps({"text": "y" * 250_000}).encode()  # over this server's --max-body-bytes 200000
     r = requests.post(f"{server.url}/predict", data=big, headers={**H, "Content-Type": "application/json"}, timeout=10)
     assert r.status_code == 413  # refused on its Content-Length (FastAPI's own limit answers in plain text)
     chunks = (big[i:i + 65536] for i in range(0, len(big), 65536))  # no Content-Length: chunked, counted as it arrives
@@ -186,7 +189,7 @@ def test_reload_when_the_alias_moves_drops_no_request(registry, server):
     assert set(codes) == {200}, codes
     assert versions[0] == ("1", "fp32") and versions[-1] == ("2", "int8") and set(versions) == {("1", "fp32"), ("2", "int8")}
     assert metric(server, "workbench_model_info", version="2", variant="int8") == 1
-    assert metric(server, "workbench_reloads_total", result="ok") == 1
+    assert metric(server, "workbench_reloads_total", result="reloaded") == 1
 
 
 def test_log_is_readable_by_monitoring(registry, server):
@@ -202,7 +205,7 @@ def test_log_is_readable_by_monitoring(registry, server):
     row = log.filter(pl.col("id") == "e1").row(0, named=True)
     assert row["text"] == "Refund to [EMAIL] please" and json.loads(row["metadata"]) == {"channel": "email", "tier": 2}
     assert "[CARD]" in log.filter(pl.col("id") == "e2")["text"][0]
-    assert set(log["model_version"]) == {"1", "2"} and log["latency_ms"].min() > 0 and log["batch_size"].min() >= 1
+    assert {"1"} <= set(log["model_version"]) <= {"1", "2"} and log["latency_ms"].min() > 0 and log["batch_size"].min() >= 1
     p = log.select(pl.sum_horizontal(pl.col("^p_.*$").fill_null(0))).to_series()
     assert np.allclose(p.to_numpy(), 1.0, atol=1e-4)
 
@@ -232,10 +235,13 @@ def test_overload_answers_429_and_the_rest_correctly(registry):
 
 
 def test_graceful_shutdown_finishes_requests_in_flight(registry):
-    s = Server(registry["ws"], "--max-wait-ms", "1500", "--no-log")  # a lone text waits 1.5 s for company
+    s = Server(registry["ws"], "--max-wait-ms", "3000", "--no-log", "--log-flush-s", "0.05")  # a lone text waits 3 s for company
     got = {}
     t = threading.Thread(target=lambda: got.update(r=post(s, {"text": "the app crashes on login"})))
-    t.start(); time.sleep(0.5)
+    t.start()
+    t0 = time.time()
+    while metric(s, "workbench_inflight_texts") < 1:  # the request is in the server's queue
+        assert time.time() - t0 < 10; time.sleep(0.02)
     s.proc.send_signal(signal.SIGTERM)
     t.join(30)
     assert got["r"].status_code == 200 and got["r"].json()["predictions"][0]["label"]
