@@ -13,7 +13,7 @@ the errors by HTTP status, and the CPU time the server (with its worker processe
 The client shares the machine's cores with the server, the same for every row; its own CPU per request is
 printed too.
 """
-import argparse, asyncio, os, random, signal, socket, statistics, subprocess, sys, time
+import argparse, asyncio, os, random, signal, socket, subprocess, sys, time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
