@@ -309,3 +309,98 @@ def test_the_scheduler_runs_a_pipeline_and_stops_cleanly(ws, tmp_path):
         out, err = p.communicate(timeout=120)
     assert p.returncode == 0 and "every5: data, next at" in out
     assert "schedule every5: starting run data -p source=" in err and "schedule every5: done after" in err
+
+
+def test_monitor_pipeline_flags_the_drifted_batch_and_writes_the_model_card(ws, trained):
+    r = wb(ws, "run", "monitor", "-p", f"source={ws / 'new.csv'}", "-p", "dataset=small", "-p", "explain_rows=8", "-p", "embedding_rows=100")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rec = run_record(ws, r.stdout)
+    out = {s["id"]: s["outputs"] for s in rec["steps"]}
+    m = out["monitor"]
+    assert (m["status"], m["recommendation"]) == ("alert", "retrain") and {"channel", "product"} <= set(m["drifted"]), m["summary"]
+    assert rec["steps"][1]["resolved"]["predictions"] == out["score"]["predictions"]  # wiring
+    report = json.loads(Path(m["report"]).read_text())
+    champion = str(_client(ws).get_model_version_by_alias("tickets", "champion").version)
+    assert report["model"]["uri"] == f"models:/tickets/{champion}" and report["rows"]["current"] == out["score"]["rows_scored"]
+    assert report["performance"]["current"]["n"] == out["score"]["rows_scored"]  # the batch came with labels
+    run = _client(ws).get_run(m["mlflow_run_id"])
+    assert run.data.tags["status"] == "alert" and run.data.metrics["features.psi.product"] >= 0.25 and run.data.metrics["status_code"] == 3
+    md = Path(out["govern"]["model_card_md"]).read_text()
+    for section in ("## Intended use", "## Training", "## Test metrics and quantization parity", "## Data", "## Slices", "## Personal data",
+                    "## What the model looks at", "## Drift baseline", "## Latest monitoring", "## Limitations", "## Lineage"):
+        assert section in md, section
+    assert "Status **alert**" in md and "the model was trained on this version" in md
+    assert _client(ws).get_model_version("tickets", champion).tags["model_card"] == out["govern"]["model_card"]
+    assert out["retrain"]["retrained"] is False and "not enabled" in out["retrain"]["summary"]
+
+
+def test_monitor_job_on_a_fresh_batch_raises_no_alarm(ws, trained, tmp_path):
+    """A batch from the training distribution: no alert, and no drift in the data, the text or the predictions.
+    The tiny model here is close to random (macro-F1 about 0.1 on 80 validation rows), so its performance
+    comparison may land at `warn`; on the main job's model the same batch reports `ok` (see the README)."""
+    from workbench.sample import generate_tickets
+    generate_tickets(400, seed=11).write_csv(tmp_path / "fresh.csv")
+    r = wb(ws, "job", "score", "-p", f"source={tmp_path / 'fresh.csv'}", "-p", f"out={tmp_path / 'fresh.parquet'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = wb(ws, "job", "monitor", "-p", f"predictions={tmp_path / 'fresh.parquet'}", "-p", "dataset=small", "-p", "embedding_rows=100")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(Path(r.stdout.split("report       ")[1].split()[0]).read_text())
+    assert report["status"] in ("ok", "warn") and not [c for c in report["checks"] if c["status"] == "alert"], r.stdout[-3000:]
+    assert not [c for c in report["checks"] if c["status"] != "ok" and "performance" not in c["check"]], report["checks"]
+
+
+def test_monitor_job_on_bad_input(ws, trained, tmp_path):
+    "An empty log window and a batch without labels, a column or the model's probabilities: a status and reasons, no crash."
+    (tmp_path / "log").mkdir()
+    r = wb(ws, "job", "monitor", "-p", f"inference_log={tmp_path / 'log'}", "-p", "dataset=small")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "status       insufficient (recommendation: none); 0 rows" in r.stdout
+    pred = next(s for s in trained[1]["steps"] if s["id"] == "prepare")["outputs"]["dataset_dir"]
+    scored = run_record(ws, wb(ws, "run", "score", "-p", f"source={ws / 'new.csv'}").stdout)["steps"][0]["outputs"]["predictions"]
+    df = pl.read_parquet(scored)
+    df.drop("label", "region", *[c for c in df.columns if c.startswith("p_")]).write_parquet(tmp_path / "odd.parquet")
+    r = wb(ws, "job", "monitor", "-p", f"predictions={tmp_path / 'odd.parquet'}", "-p", f"dataset_dir={pred}", "-p", "embedding_rows=0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(Path(r.stdout.split("report       ")[1].split()[0]).read_text())
+    why = {(c["check"], c["subject"]): (c["status"], c["detail"]) for c in report["checks"]}
+    assert why[("feature drift", "region")] == ("error", "missing in the current batch")
+    assert why[("estimated performance", "macro_f1")][0] == "error" and why[("realized performance", "macro_f1")][0] == "insufficient"
+    assert report["status"] == "alert"  # the product and channel drift are still seen
+
+
+def test_monitor_reads_the_inference_log(ws, trained, tmp_path):
+    "Requests to a real `workbench serve` with metadata, then the monitor job on the log: features from the metadata, latency against the SLO."
+    import requests
+    from test_serve import KEY, Server
+    rows = pl.read_csv(ws / "new.csv", infer_schema=False).head(60)
+    srv = Server(ws / "workspace", "--model", "models:/tickets@champion", "--log-dir", tmp_path / "log", "--log-flush-s", "0.2")
+    try:
+        for r in rows.iter_rows(named=True):
+            meta = {k: r[k] for k in ("channel", "product", "region", "customer_tier", "language")}
+            a = requests.post(f"{srv.url}/predict", json={"text": f"{r['subject']}\n\n{r['body']}", "ids": [r["id"]], "metadata": meta}, headers={"X-API-Key": KEY}, timeout=30)
+            assert a.status_code == 200, a.text
+    finally:
+        assert srv.stop() in (0, -15), srv.log()
+    r = wb(ws, "job", "monitor", "-p", f"inference_log={tmp_path / 'log'}", "-p", "since=1h", "-p", "dataset=small", "-p", "embedding_rows=50")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(Path(r.stdout.split("report       ")[1].split()[0]).read_text())
+    assert report["rows"]["current"] == 60 and report["source"].startswith("inference log")
+    assert {f["column"] for f in report["features"]} >= {"channel", "product"} and report["slo"][0]["requests"] == 60
+    assert any(c["subject"] == "product" and c["status"] == "alert" for c in report["checks"])
+
+
+def test_continuous_retraining_on_alert(ws, trained):
+    "retrain=true: the alert retrains on the old and new data together, and the new version goes through the gate."
+    before = {mv.version for mv in _client(ws).search_model_versions("name='tickets'")}
+    r = wb(ws, "run", "monitor", "-p", f"source={ws / 'new.csv'}", "-p", "dataset=small", "-p", "retrain=true", "-p", "explain_rows=0",
+           "-p", "embedding_rows=50", "-p", "train_rows=200", "-p", "max_length=32", "-p", "latency_samples=5")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = {s["id"]: s["outputs"] for s in run_record(ws, r.stdout)["steps"]}
+    rt = out["retrain"]
+    assert rt["retrained"] is True and rt["model_version"] not in before and rt["alias"] in ("champion", "challenger")
+    first = next(s for s in trained[1]["steps"] if s["id"] == "prepare")["outputs"]["rows_curated"]
+    assert rt["rows_curated"] > first  # the new batch was added to the training data
+    train_run = json.loads((ws / "workspace" / "runs" / rt["train_run_id"] / "run.json").read_text())
+    assert train_run["status"] == "succeeded" and train_run["steps"][0]["params"]["source"] == str(ws / "new.csv")
+    decision = _client(ws).get_model_version("tickets", rt["model_version"]).tags["gate.decision"]
+    assert decision in ("promoted", "refused") and (decision == "promoted") == rt["promoted"]
