@@ -385,7 +385,7 @@ def test_monitor_reads_the_inference_log(ws, trained, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(Path(r.stdout.split("report       ")[1].split()[0]).read_text())
     assert report["rows"]["current"] == 60 and report["source"].startswith("inference log")
-    assert {f["column"] for f in report["features"]} >= {"channel", "product"} and report["slo"][0]["requests"] == 60
+    assert {f["column"] for f in report["features"]} >= {"channel", "product"} and sum(w["requests"] for w in report["slo"]) == 60
     assert any(c["subject"] == "product" and c["status"] == "alert" for c in report["checks"])
 
 
@@ -404,3 +404,6 @@ def test_continuous_retraining_on_alert(ws, trained):
     assert train_run["status"] == "succeeded" and train_run["steps"][0]["params"]["source"] == str(ws / "new.csv")
     decision = _client(ws).get_model_version("tickets", rt["model_version"]).tags["gate.decision"]
     assert decision in ("promoted", "refused") and (decision == "promoted") == rt["promoted"]
+    # the same batch again (a daily run while the alert lasts): nothing new to learn from, no training
+    again = wb(ws, "job", "retrain", "-p", "recommendation=retrain", "-p", "status=alert", "-p", "retrain=true", "-p", f"source={ws / 'new.csv'}", "-p", "dataset=small")
+    assert again.returncode == 0 and "already in dataset 'small'" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
