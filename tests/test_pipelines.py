@@ -381,10 +381,13 @@ def test_monitor_reads_the_inference_log(ws, trained, tmp_path):
             assert a.status_code == 200, a.text
     finally:
         assert srv.stop() in (0, -15), srv.log()
-    r = wb(ws, "job", "monitor", "-p", f"inference_log={tmp_path / 'log'}", "-p", "since=1h", "-p", "dataset=small", "-p", "embedding_rows=50")
+    rows.select("id", "label").write_csv(tmp_path / "labels.csv")  # the true queues, known later
+    r = wb(ws, "job", "monitor", "-p", f"inference_log={tmp_path / 'log'}", "-p", "since=1h", "-p", "dataset=small", "-p", "embedding_rows=50",
+           "-p", f"labels={tmp_path / 'labels.csv'}")
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(Path(r.stdout.split("report       ")[1].split()[0]).read_text())
     assert report["rows"]["current"] == 60 and report["source"].startswith("inference log")
+    assert report["performance"]["current"]["n"] == 60 and "60 of 60 rows have a known label" in r.stdout  # joined on the client's ids
     assert {f["column"] for f in report["features"]} >= {"channel", "product"} and sum(w["requests"] for w in report["slo"]) == 60
     assert any(c["subject"] == "product" and c["status"] == "alert" for c in report["checks"])
 
