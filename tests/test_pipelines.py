@@ -410,3 +410,41 @@ def test_continuous_retraining_on_alert(ws, trained):
     # the same batch again (a daily run while the alert lasts): nothing new to learn from, no training
     again = wb(ws, "job", "retrain", "-p", "recommendation=retrain", "-p", "status=alert", "-p", "retrain=true", "-p", f"source={ws / 'new.csv'}", "-p", "dataset=small")
     assert again.returncode == 0 and "already in dataset 'small'" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+
+
+def test_dashboard_pages_and_login(ws, trained, monkeypatch):
+    "`workbench dashboard` on this module's workspace (trained, scored, monitored, retrained): every page has data; the login refuses a wrong password."
+    import socket, subprocess, sys, time
+    import requests
+    import panel as pn
+    monkeypatch.setenv("WORKBENCH_HOME", str(ws / "workspace"))
+    if not list((ws / "workspace" / "monitoring").glob("*/*.json")):  # run on its own (-k): make the records the earlier tests leave
+        r = wb(ws, "run", "monitor", "-p", f"source={ws / 'new.csv'}", "-p", "dataset=small", "-p", "explain_rows=4", "-p", "embedding_rows=50")
+        assert r.returncode == 0, r.stderr[-3000:]
+    from workbench.dashboard import PAGES
+    pn.state.clear_caches()
+    for key, cls in PAGES.items():  # in-process: each page built from the real records, no empty state, no error
+        content = cls().content()
+        alerts = [a.object for a in content.select(pn.pane.Alert)] if hasattr(content, "select") else [content.object]
+        assert not alerts, (key, alerts)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    exe = Path(sys.executable).parent / "workbench"
+    proc = subprocess.Popen([str(exe), "dashboard", "--port", str(port)], env={**__import__("os").environ, "WORKBENCH_DASHBOARD_PASSWORD": "right-pw"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if requests.get(f"{url}/login", timeout=2).status_code == 200: break
+            except requests.ConnectionError: time.sleep(0.5)
+        assert requests.get(f"{url}/overview", allow_redirects=False, timeout=10).status_code == 302  # to the login page
+        bad = requests.Session()
+        r = bad.post(f"{url}/login", data={"username": "me", "password": "wrong"}, allow_redirects=False, timeout=10)
+        assert "error=" in r.headers["location"] and bad.get(f"{url}/overview", allow_redirects=False, timeout=10).status_code == 302
+        good = requests.Session()
+        assert good.post(f"{url}/login", data={"username": "me", "password": "right-pw"}, allow_redirects=False, timeout=10).headers["location"].endswith("/")
+        for key in PAGES: assert good.get(f"{url}/{key}", timeout=30).status_code == 200, key
+        assert good.get(f"{url}/nowhere", timeout=10).status_code == 404
+    finally:
+        proc.terminate(); proc.wait(30)
