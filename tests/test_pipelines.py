@@ -427,6 +427,12 @@ def test_dashboard_pages_and_login(ws, trained, monkeypatch):
         content = cls().content()
         alerts = [a.object for a in content.select(pn.pane.Alert)] if hasattr(content, "select") else [content.object]
         assert not alerts, (key, alerts)
+    from workbench.dashboard import explain_text
+    champion = str(_client(ws).get_model_version_by_alias("tickets", "champion").version)
+    shown = explain_text(f"models:/tickets/{champion}", "I was charged twice this month, mail me at jane@example.com")
+    html = " ".join(p.object for p in shown.select(pn.pane.HTML))
+    assert "<span" in html and "EMAIL" in html and "jane" not in html  # the served model's view: cleaned and redacted
+    assert explain_text(f"models:/tickets/{champion}", " \u200b ").alert_type == "warning"  # nothing to classify
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
     exe = Path(sys.executable).parent / "workbench"
