@@ -62,8 +62,21 @@ def main_job(args):
     sh(BIN / "workbench", "run", "main", *args)
 
 
+def chromium():
+    "The browser tests drive Chromium (Debian's, through Playwright): install it when missing and this is root on Debian, else say how."
+    if os.environ.get("WORKBENCH_CHROMIUM") or any(shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome")): return
+    if not (shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0):
+        sys.exit("the browser tests need Chromium: `sudo apt-get install -y chromium` (Debian), or set WORKBENCH_CHROMIUM to a Chromium or Chrome binary")
+    print("+ apt-get install -y chromium  (for the browser tests)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.call(["apt-get", "install", "-y", "-q", "chromium"], env=env):  # stale package lists: refresh them once
+        subprocess.check_call(["apt-get", "update", "-q"], env=env)
+        subprocess.check_call(["apt-get", "install", "-y", "-q", "chromium"], env=env)
+
+
 def test(args):
-    "Every test: notebook/package sync, the notebooks' own tests, then pytest."
+    "Every test: notebook/package sync, the notebooks' own tests, then pytest (with a real browser for the dashboard and JupyterLab)."
+    chromium()
     check_sync()
     sh(BIN / "nbdev_test", "--n_workers", "2", "--do_print")
     sh(BIN / "python", "-m", "pytest", "-q", *args)
