@@ -44,3 +44,38 @@ def shot(page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+# what each dashboard page must show once its data exists (Playwright's CSS reaches into Panel's shadow roots)
+DASHBOARD_KEYS = {
+    "overview": [".wb-kpi", ".wb-status", ".tabulator-row"],
+    "data": [".tabulator-row"],
+    "training": [".wb-chart canvas", ".tabulator-row"],
+    "inference": [".tabulator-row"],
+    "monitoring": [".wb-chart canvas", ".wb-status", ".tabulator-row"],
+    "governance": [".wb-card h1", ".tabulator-row"],
+    "jobs": [".tabulator-row", "iframe.wb-notebook"],
+    "explore": [".wb-prediction", ".wb-explanation span"],
+}
+
+
+def login(page, url: str, user: str, password: str):
+    "Sign in through Panel's login form."
+    page.goto(f"{url}/login")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", password)
+    page.locator("button[type=submit], input[type=submit]").first.click()
+    page.wait_for_load_state("networkidle")
+
+
+def visit(page, url: str, key: str, timeout_ms: int = 120_000) -> dict:
+    "Open one dashboard page, wait for its key elements, and report what it shows: counts per key element, empty states, failures."
+    page.goto(f"{url}/{key}")
+    if key == "explore":
+        page.locator(".bk-btn", has_text="Classify and explain").click()
+    for sel in DASHBOARD_KEYS[key]: page.locator(sel).first.wait_for(timeout=timeout_ms)
+    if key == "jobs":  # the executed notebook inside its frame
+        page.frame_locator("iframe.wb-notebook").locator(".jp-Cell").first.wait_for(timeout=timeout_ms)
+    page.wait_for_timeout(500)  # let charts finish drawing before a screenshot
+    return {"counts": {sel: page.locator(sel).count() for sel in DASHBOARD_KEYS[key]},
+            "empty": page.locator(".wb-empty").all_inner_texts(), "failed": page.locator(".alert-danger").all_inner_texts()}

@@ -412,7 +412,7 @@ def test_continuous_retraining_on_alert(ws, trained):
     assert again.returncode == 0 and "already in dataset 'small'" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
 
 
-def test_dashboard_pages_and_login(ws, trained, monkeypatch):
+def test_dashboard_pages_and_login(ws, trained, monkeypatch, tmp_path):
     "`workbench dashboard` on this module's workspace (trained, scored, monitored, retrained): every page has data; the login refuses a wrong password."
     import socket, subprocess, sys, time
     import requests
@@ -421,6 +421,8 @@ def test_dashboard_pages_and_login(ws, trained, monkeypatch):
     if not list((ws / "workspace" / "monitoring").glob("*/*.json")):  # run on its own (-k): make the records the earlier tests leave
         r = wb(ws, "run", "monitor", "-p", f"source={ws / 'new.csv'}", "-p", "dataset=small", "-p", "explain_rows=4", "-p", "embedding_rows=50")
         assert r.returncode == 0, r.stderr[-3000:]
+    if not any("slo" in json.loads(f.read_text()) for f in (ws / "workspace" / "monitoring").glob("*/*.json")):  # latency windows come from monitoring the log
+        test_monitor_reads_the_inference_log(ws, trained, tmp_path)
     from workbench.dashboard import PAGES
     pn.state.clear_caches()
     for key, cls in PAGES.items():  # in-process: each page built from the real records, no empty state, no error
@@ -450,7 +452,23 @@ def test_dashboard_pages_and_login(ws, trained, monkeypatch):
         assert "error=" in r.headers["location"] and bad.get(f"{url}/overview", allow_redirects=False, timeout=10).status_code == 302
         good = requests.Session()
         assert good.post(f"{url}/login", data={"username": "me", "password": "right-pw"}, allow_redirects=False, timeout=10).headers["location"].endswith("/")
-        for key in PAGES: assert good.get(f"{url}/{key}", timeout=30).status_code == 200, key
         assert good.get(f"{url}/nowhere", timeout=10).status_code == 404
+        # a real browser: the login form, then every page with its key elements, no console error, nothing fetched from outside
+        from browser import DASHBOARD_KEYS, browser, console_errors, login, shot, visit
+        assert set(DASHBOARD_KEYS) == set(PAGES)
+        with browser() as b:
+            page = b.new_page(viewport={"width": 1400, "height": 1600})
+            errors = console_errors(page)
+            page.on("request", lambda r: r.url.startswith(("http://127.0.0.1", "data:", "blob:", "about:")) or errors.append(f"outside request: {r.url}"))
+            login(page, url, "me", "wrong")
+            assert "/login" in page.url and "Invalid" in page.locator(".errormessage").inner_text()
+            shot(page, "dashboard-login-refused")
+            login(page, url, "me", "right-pw")
+            for key in PAGES:
+                try: seen = visit(page, url, key)
+                finally: shot(page, f"dashboard-{key}")
+                assert not seen["empty"] and not seen["failed"], (key, seen)
+                assert not errors, (key, errors)
+            assert visit(page, url, "training")["counts"][".wb-chart canvas"] > 0
     finally:
         proc.terminate(); proc.wait(30)
