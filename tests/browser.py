@@ -71,9 +71,11 @@ def login(page, url: str, user: str, password: str):
 def visit(page, url: str, key: str, timeout_ms: int = 120_000) -> dict:
     "Open one dashboard page, wait for its key elements, and report what it shows: counts per key element, empty states, failures."
     page.goto(f"{url}/{key}")
-    if key == "explore":
-        page.locator(".bk-btn", has_text="Classify and explain").click()
     for sel in DASHBOARD_KEYS[key]: page.locator(sel).first.wait_for(timeout=timeout_ms)
+    if key == "explore":  # a new text, the button, and its own explanation (the page opens on an example's)
+        page.locator("textarea").fill("Please cancel my subscription before the next renewal")
+        page.locator(".bk-btn", has_text="Classify and explain").click()
+        page.locator(".wb-explanation", has_text="renewal").wait_for(timeout=timeout_ms)
     if key == "jobs":  # the executed notebook inside its frame
         page.frame_locator("iframe.wb-notebook").locator(".jp-Cell").first.wait_for(timeout=timeout_ms)
     page.wait_for_timeout(500)  # let charts finish drawing before a screenshot

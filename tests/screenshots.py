@@ -29,6 +29,7 @@ def main(out: Path = ROOT / "docs" / "img"):
             try:
                 if requests.get(f"{url}/login", timeout=2).ok: break
             except requests.ConnectionError: time.sleep(0.5)
+        else: sys.exit("the dashboard did not start")
         with browser() as b:
             page = b.new_page(viewport={"width": 1280, "height": max(PAGES.values())})
             errors = console_errors(page)

@@ -47,6 +47,7 @@ def lab(tmp_path):
 
 def test_interactive_notebook_widgets_render_in_jupyterlab(lab):
     url, token, root = lab
+    code_cells = sum(c["cell_type"] == "code" for c in json.loads((root / "nbs" / "65_interactive.ipynb").read_text())["cells"])
     with browser() as b:
         page = b.new_page(viewport={"width": 1400, "height": 1000})
         errors = console_errors(page)
@@ -72,7 +73,7 @@ def test_interactive_notebook_widgets_render_in_jupyterlab(lab):
                 await window.jupyterapp.commands.execute("notebook:run-all-cells");
             }""")
             # every cell runs (no [*] left)
-            page.locator(".jp-InputPrompt", has_text="[11]:").wait_for(timeout=300_000)
+            page.locator(".jp-InputPrompt", has_text=f"[{code_cells}]:").wait_for(timeout=300_000)
             page.wait_for_function("() => ![...document.querySelectorAll('.jp-InputPrompt')].some(e => e.textContent.includes('*'))", timeout=300_000)
             outputs = page.locator(".jp-OutputArea").all_inner_texts()
             assert not [o for o in outputs if "Traceback" in o], [o[:800] for o in outputs if "Traceback" in o]

@@ -438,14 +438,16 @@ def test_dashboard_pages_and_login(ws, trained, monkeypatch, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
     exe = Path(sys.executable).parent / "workbench"
+    log = open(tmp_path / "dashboard.log", "w")
     proc = subprocess.Popen([str(exe), "dashboard", "--port", str(port)], env={**__import__("os").environ, "WORKBENCH_DASHBOARD_PASSWORD": "right-pw"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
             try:
                 if requests.get(f"{url}/login", timeout=2).status_code == 200: break
             except requests.ConnectionError: time.sleep(0.5)
+        else: raise AssertionError("the dashboard did not start: " + (tmp_path / "dashboard.log").read_text()[-3000:])
         assert requests.get(f"{url}/overview", allow_redirects=False, timeout=10).status_code == 302  # to the login page
         bad = requests.Session()
         r = bad.post(f"{url}/login", data={"username": "me", "password": "wrong"}, allow_redirects=False, timeout=10)
@@ -468,7 +470,7 @@ def test_dashboard_pages_and_login(ws, trained, monkeypatch, tmp_path):
                 try: seen = visit(page, url, key)
                 finally: shot(page, f"dashboard-{key}")
                 assert not seen["empty"] and not seen["failed"], (key, seen)
-                assert not errors, (key, errors)
+                assert not errors, (key, errors, (tmp_path / "dashboard.log").read_text()[-2000:])
             assert visit(page, url, "training")["counts"][".wb-chart canvas"] > 0
     finally:
-        proc.terminate(); proc.wait(30)
+        proc.terminate(); proc.wait(30); log.close()
