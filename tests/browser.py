@@ -3,8 +3,10 @@
 `python3 tasks.py test` installs Chromium when it is missing (`apt-get install -y chromium`, as root on Debian);
 elsewhere set `WORKBENCH_CHROMIUM` to a Chromium or Chrome binary.
 """
-import contextlib, os, shutil
+import contextlib, os, shutil, socket, time
 from pathlib import Path
+
+import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots of every browser test (ignored by git)
@@ -28,6 +30,23 @@ def browser():
         b = p.chromium.launch(executable_path=chromium(), args=ARGS, headless=True)
         try: yield b
         finally: b.close()
+
+
+def free_port() -> int:
+    "A TCP port free on 127.0.0.1 now."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+def wait_up(url: str, proc, what: str, log: Path | None = None, **kw):
+    "Poll `url` until it answers 2xx; fail naming `what` (with its log's tail) when the process exits or a minute passes."
+    for _ in range(120):
+        try:
+            if requests.get(url, timeout=2, **kw).ok: return
+        except requests.ConnectionError: pass
+        if proc.poll() is not None: break
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} did not start" + (": " + log.read_text()[-3000:] if log else ""))
 
 
 def console_errors(page) -> list[str]:

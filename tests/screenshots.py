@@ -5,31 +5,25 @@
 Starts `workbench dashboard` on a free port, tours the pages in Debian's Chromium like the browser test, and keeps
 small palette PNGs (900 px wide) of the pages named below.
 """
-import os, socket, subprocess, sys, time
+import os, subprocess, sys
 from pathlib import Path
 
-import requests
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from browser import ROOT, browser, console_errors, login, visit  # noqa: E402
+from browser import ROOT, browser, console_errors, free_port, login, visit, wait_up  # noqa: E402
 
 PAGES = {"overview": 900, "monitoring": 1500, "governance": 1100, "explore": 800}  # page -> height kept (px at 1280 wide)
 
 
 def main(out: Path = ROOT / "docs" / "img"):
     out.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([str(Path(sys.executable).parent / "workbench"), "dashboard", "--port", str(port)],
                             env={**os.environ, "WORKBENCH_DASHBOARD_PASSWORD": "screenshots"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{url}/login", timeout=2).ok: break
-            except requests.ConnectionError: time.sleep(0.5)
-        else: sys.exit("the dashboard did not start")
+        wait_up(f"{url}/login", proc, "the dashboard")
         with browser() as b:
             page = b.new_page(viewport={"width": 1280, "height": max(PAGES.values())})
             errors = console_errors(page)

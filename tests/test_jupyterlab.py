@@ -1,9 +1,8 @@
 """JupyterLab for real: the interactive notebook from nbs/, opened in a JupyterLab server and run in Chromium; its widgets render."""
-import json, os, shutil, socket, subprocess, sys, time
+import json, os, shutil, subprocess, sys
 
 import pytest
-import requests
-from browser import browser, console_errors, shot
+from browser import browser, console_errors, free_port, shot, wait_up
 from conftest import ROOT
 
 
@@ -15,8 +14,7 @@ def lab(tmp_path):
     shutil.copy(ROOT / "nbs" / "65_interactive.ipynb", root / "nbs")
     shutil.copy(ROOT / "settings.ini", root)  # the notebook's last cell exports, into this copy
     (root / "sample_data").symlink_to(ROOT / "sample_data")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    port = free_port()
     token = "lab-test-token"
     env = {**os.environ, "WORKBENCH_HOME": str(tmp_path / "workspace"), "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
            "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime")}
@@ -31,12 +29,7 @@ def lab(tmp_path):
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{url}/api/status", params={"token": token}, timeout=2).ok: break
-            except requests.ConnectionError: pass
-            assert proc.poll() is None, (tmp_path / "jupyterlab.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_up(f"{url}/api/status", proc, "JupyterLab", tmp_path / "jupyterlab.log", params={"token": token})
         yield url, token, root
     finally:
         proc.terminate()

@@ -414,7 +414,7 @@ def test_continuous_retraining_on_alert(ws, trained):
 
 def test_dashboard_pages_and_login(ws, trained, monkeypatch, tmp_path):
     "`workbench dashboard` on this module's workspace (trained, scored, monitored, retrained): every page has data; the login refuses a wrong password."
-    import socket, subprocess, sys, time
+    import subprocess, sys
     import requests
     import panel as pn
     monkeypatch.setenv("WORKBENCH_HOME", str(ws / "workspace"))
@@ -435,19 +435,15 @@ def test_dashboard_pages_and_login(ws, trained, monkeypatch, tmp_path):
     html = " ".join(p.object for p in shown.select(pn.pane.HTML))
     assert "<span" in html and "EMAIL" in html and "jane" not in html  # the served model's view: cleaned and redacted
     assert explain_text(f"models:/tickets/{champion}", " \u200b ").alert_type == "warning"  # nothing to classify
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    from browser import DASHBOARD_KEYS, browser, console_errors, free_port, login, shot, visit, wait_up
+    port = free_port()
     exe = Path(sys.executable).parent / "workbench"
     log = open(tmp_path / "dashboard.log", "w")
     proc = subprocess.Popen([str(exe), "dashboard", "--port", str(port)], env={**__import__("os").environ, "WORKBENCH_DASHBOARD_PASSWORD": "right-pw"},
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{url}/login", timeout=2).status_code == 200: break
-            except requests.ConnectionError: time.sleep(0.5)
-        else: raise AssertionError("the dashboard did not start: " + (tmp_path / "dashboard.log").read_text()[-3000:])
+        wait_up(f"{url}/login", proc, "the dashboard", tmp_path / "dashboard.log")
         assert requests.get(f"{url}/overview", allow_redirects=False, timeout=10).status_code == 302  # to the login page
         bad = requests.Session()
         r = bad.post(f"{url}/login", data={"username": "me", "password": "wrong"}, allow_redirects=False, timeout=10)
@@ -456,7 +452,6 @@ def test_dashboard_pages_and_login(ws, trained, monkeypatch, tmp_path):
         assert good.post(f"{url}/login", data={"username": "me", "password": "right-pw"}, allow_redirects=False, timeout=10).headers["location"].endswith("/")
         assert good.get(f"{url}/nowhere", timeout=10).status_code == 404
         # a real browser: the login form, then every page with its key elements, no console error, nothing fetched from outside
-        from browser import DASHBOARD_KEYS, browser, console_errors, login, shot, visit
         assert set(DASHBOARD_KEYS) == set(PAGES)
         with browser() as b:
             page = b.new_page(viewport={"width": 1400, "height": 1600})
