@@ -15,7 +15,8 @@ from pathlib import Path
 import polars as pl
 
 from workbench.config import workspace
-from workbench.data import (PII_PATTERNS, REASONS, Contract, _redact_checked, hash_unit, load_dataset, prepare)
+from workbench.data import REASONS, Contract, hash_unit, load_dataset, prepare
+from workbench.pii import PII_PATTERNS, _redact_checked
 from workbench.sample import iter_ticket_batches
 
 CONTRACT = Path(__file__).resolve().parents[1] / "sample_data" / "contract.yaml"

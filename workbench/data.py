@@ -11,16 +11,15 @@ from typing import Iterable, Literal
 
 import polars as pl
 
-from .sample import iban_ok, luhn_ok
+from .pii import ANY_PII, PII_KINDS, PII_PATTERNS, find_pii, iban_ok, luhn_ok, pii_counts, redact_pii
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['ColumnType', 'FORMATS', 'N_EXTRA', 'RESERVED', 'PII_PATTERNS', 'PII_KINDS', 'REASONS', 'LINEAGE_COLS', 'PARTS',
-           'Contract', 'list_sources', 'scan_file', 'clean_text', 'redact_pii', 'pii_counts', 'find_pii', 'parse_time',
-           'parse_typed', 'stage', 'SplitConfig', 'hash_unit', 'split_expr', 'fingerprint', 'sha256_file',
-           'read_ledger', 'dataset_files', 'load_dataset', 'combined_fingerprint', 'dedup_key', 'prepare', 'summarise',
-           'read_for_scoring']
+__all__ = ['ColumnType', 'FORMATS', 'N_EXTRA', 'RESERVED', 'REASONS', 'LINEAGE_COLS', 'PARTS', 'Contract', 'list_sources',
+           'scan_file', 'clean_text', 'parse_time', 'parse_typed', 'stage', 'SplitConfig', 'hash_unit', 'split_expr',
+           'fingerprint', 'sha256_file', 'read_ledger', 'dataset_files', 'load_dataset', 'combined_fingerprint',
+           'dedup_key', 'prepare', 'summarise', 'read_for_scoring']
 
 # %% ../nbs/10_data.ipynb #d4f4a556
 ColumnType = Literal["str", "int", "float", "bool", "datetime"]
@@ -220,85 +219,6 @@ def clean_text(e: pl.Expr,  # a string column
               ) -> pl.Expr:  # the cleaned column; empty results become null
     "NFKC-normalise, drop control characters and collapse whitespace."
     return e.map_batches(_clean_batch, return_dtype=pl.String, is_elementwise=True)
-
-# %% ../nbs/10_data.ipynb #b591a489
-PII_PATTERNS = {
-    "EMAIL": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
-    "IBAN": r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
-    "CARD": r"\b[0-9](?:[ -]?[0-9]){12,18}\b",
-    "IP": (r"\b(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\b"
-           r"|\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b|\b(?:[0-9A-Fa-f]{1,4}:){1,6}(?::[0-9A-Fa-f]{1,4}){1,6}\b"),
-    "PHONE": (r"\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-]?[0-9]{2,5}){1,4}\b"
-              r"|\([0-9]{2,4}\)[ .-]?[0-9]{3,4}[ .-]?[0-9]{3,4}\b"
-              r"|\b[0-9]{3}[.-][0-9]{3}[.-][0-9]{4}\b|\b0[0-9]{2,4}(?:[ /-][0-9]{2,8}){1,3}\b"),
-}
-PII_KINDS = tuple(PII_PATTERNS)
-
-# %% ../nbs/10_data.ipynb #fa5b4e0a
-_CHECKS = {"IBAN": (re.compile(PII_PATTERNS["IBAN"], re.ASCII), iban_ok, 15, True),  # an IBAN may end anywhere
-           "CARD": (re.compile(PII_PATTERNS["CARD"], re.ASCII), luhn_ok, 13, False)}  # a card ends at a group boundary
-
-def _valid_prefix(s: str, ok, min_len: int, anywhere: bool = True) -> int:
-    "Length of the longest prefix of `s` whose separator-free form passes `ok` (ending anywhere, or before a separator); 0 if none."
-    compact = s.replace(" ", "").replace("-", "")
-    cuts = range(len(compact), min_len - 1, -1) if anywhere else \
-        [len(compact)] + [n for n in (len(re.sub(r"[ -]", "", s[:i])) for i in range(len(s) - 1, 0, -1) if s[i] in " -") if n >= min_len]
-    for n in cuts:
-        if ok(compact[:n]):
-            ends = [i + 1 for i, ch in enumerate(s) if ch not in " -"]
-            return ends[n - 1]
-    return 0
-
-def _redact_checked(text: str, kind: Literal["IBAN", "CARD"]) -> str:
-    "Replace the matches of a checked kind whose longest valid prefix passes its check."
-    rx, ok, min_len, anywhere = _CHECKS[kind]
-    def sub(m):
-        n = _valid_prefix(m.group(), ok, min_len, anywhere)
-        return f"[{kind}]" + m.group()[n:] if n else m.group()
-    return rx.sub(sub, text)
-
-_RUST = {k: p.replace(r"\b", r"(?-u:\b)") for k, p in PII_PATTERNS.items()}  # ASCII word boundaries, as Python's re.ASCII: 10x faster in polars
-_ANY_PII = "|".join(f"(?:{p})" for p in _RUST.values())
-
-def _redact_kind(s: pl.Series, kind: str) -> pl.Series:
-    "Replace one kind of PII in the rows of `s` that have a match of its pattern."
-    idx = s.str.contains(_RUST[kind]).fill_null(False).arg_true()
-    if len(idx) == 0: return s
-    sub = s.gather(idx)
-    if kind in _CHECKS: new = pl.Series([_redact_checked(t, kind) for t in sub.to_list()], dtype=pl.String)
-    else: new = sub.str.replace_all(_RUST[kind], f"[{kind}]")
-    return s.scatter(idx, new)
-
-def _redact_batch(s: pl.Series) -> pl.Series:
-    "Redact the rows with a candidate, kind by kind, again until nothing changes (a replacement can expose another match)."
-    idx = s.str.contains(_ANY_PII).fill_null(False).arg_true()
-    if len(idx): s = s.clone()
-    while len(idx):  # ends: each replacement removes digits or an @
-        old = s.gather(idx)
-        new = old.clone()  # `scatter` works in place
-        for kind in PII_KINDS: new = _redact_kind(new, kind)
-        s = s.scatter(idx, new)
-        idx = idx.filter((old != new).fill_null(False))
-    return s
-
-def redact_pii(e: pl.Expr,  # a (cleaned) string column
-              ) -> pl.Expr:  # the column with PII replaced by [EMAIL], [IBAN], [CARD], [IP], [PHONE]
-    "Replace personal data by typed placeholders."
-    return e.map_batches(_redact_batch, return_dtype=pl.String, is_elementwise=True)
-
-def pii_counts(e: pl.Expr,  # a string column
-              ) -> dict[str, pl.Expr]:  # per kind: how many placeholders of that kind the column holds
-    "Count the PII placeholders in a column, per kind."
-    return {k: e.str.count_matches(f"[{k}]", literal=True).fill_null(0) for k in PII_KINDS}
-
-def find_pii(text: str) -> list[tuple[str, str]]:
-    "The (kind, value) PII matches still present in `text`: a scan of curated data or logs, same rules as `redact_pii`."
-    found = []
-    for kind, pat in PII_PATTERNS.items():
-        for m in re.finditer(pat, text, re.ASCII):
-            if kind in _CHECKS and not _valid_prefix(m.group(), *_CHECKS[kind][1:]): continue
-            found.append((kind, m.group()))
-    return found
 
 # %% ../nbs/10_data.ipynb #fde5bdce
 REASONS = ("undecodable_bytes", "extra_fields", "missing_id", "duplicate_id", "missing_text", "empty_text",

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from .data import _ANY_PII, PII_KINDS, find_pii
+from .pii import ANY_PII, PII_KINDS, find_pii
 from .infer import Predictor, load_hf
 
 _log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def pii_scan(df: pl.DataFrame | pl.LazyFrame,  # curated rows, or an inference l
     total = lf.select(pl.len()).collect().item()
     rows = []
     for c in cols:
-        cand = lf.select(*( [id_col] if id_col else []), pl.col(c).cast(pl.String)).filter(pl.col(c).str.contains(_ANY_PII)).collect()
+        cand = lf.select(*( [id_col] if id_col else []), pl.col(c).cast(pl.String)).filter(pl.col(c).str.contains(ANY_PII)).collect()
         found = {k: [0, 0, None, None] for k in PII_KINDS}
         for r in cand.iter_rows(named=True):
             kinds = {}
