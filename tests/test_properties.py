@@ -74,3 +74,48 @@ def test_counts_add_up_and_no_pii_left(tmp_path_factory, rows, fmt):
             for text in cur[col].drop_nulls():
                 assert find_pii(text) == [], (col, text, find_pii(text))
         assert cur["id"].is_duplicated().sum() == 0
+
+
+# CSV files as a hostile user writes them: any line ends (CR-only too), blank lines, quotes inside unquoted
+# fields, quoted fields with separators and line breaks, ragged lines, bytes that are not UTF-8
+plain_field = st.text(alphabet="ab ,'\"\r\t\u00e9x1", max_size=6).map(lambda s: s.replace(",", ""))
+quoted_field = st.text(alphabet="ab ,\"\r\n\u00e9", max_size=8).map(lambda s: '"' + s.replace('"', '""') + '"')
+csv_line = st.lists(st.one_of(plain_field, plain_field, quoted_field, st.just("\udcff")), min_size=0, max_size=5).map(",".join)
+csv_file = st.tuples(st.lists(st.tuples(csv_line, st.sampled_from(["\n", "\r\n", "\r"])), max_size=20),
+                     st.sampled_from(["\n", "\r\n", "\r"]), st.booleans())
+
+
+def _bytes(lines, head_end, bom):
+    body = "".join(line + end for line, end in lines)
+    raw = ("\ufeff" if bom else "") + "id,body,label" + head_end + body
+    return raw.encode("utf-8", "surrogateescape")  # "\udcff" is the byte 0xff: not UTF-8
+
+
+def _csv_records(path):
+    "What Python's csv module reads (strict quoting), or None when it refuses the file."
+    import csv
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            return sum(1 for _ in csv.reader(f, strict=True)) - 1
+    except csv.Error: return None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(spec=csv_file)
+def test_csv_rows_match_pythons_csv_module(tmp_path_factory, spec):
+    "Every record that Python's csv module reads is accounted for (curated, quarantined or duplicate); a file it refuses is refused by name."
+    d = tmp_path_factory.mktemp("csvfuzz")
+    src = d / "in.csv"
+    src.write_bytes(_bytes(*spec))
+    want = _csv_records(src)
+    contract = Contract(labels=["a", "b"], required=["id", "body"], time_col=None, text_cols=["body"], types={})
+    if want is None:
+        try: prepare(src, d / "ds", contract)
+        except ValueError as e: assert "in.csv" in str(e) and "cannot read" in str(e), e
+        else: raise AssertionError("a file the csv module refuses was accepted")
+        return
+    m = prepare(src, d / "ds", contract)
+    r = m["rows"]
+    assert r["in"] == want, (r, want)
+    assert r["curated"] + r["quarantined"] + r["duplicates"] == want, r
+    assert m["balanced"]

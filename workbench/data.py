@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_data.ipynb #dc2cc26b
 from __future__ import annotations
-import contextlib, csv, dataclasses, datetime as dt, glob as globlib, hashlib, json, logging, os, re, tomllib
+import collections, contextlib, csv, dataclasses, functools, datetime as dt, glob as globlib, hashlib, json, logging, os, re, tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
@@ -17,9 +17,9 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['ColumnType', 'FORMATS', 'N_EXTRA', 'RESERVED', 'REASONS', 'LINEAGE_COLS', 'PARTS', 'Contract', 'list_sources',
-           'scan_file', 'clean_text', 'parse_time', 'parse_typed', 'stage', 'SplitConfig', 'hash_unit', 'split_expr',
-           'fingerprint', 'sha256_file', 'read_ledger', 'dataset_files', 'load_dataset', 'combined_fingerprint',
-           'dedup_key', 'prepare', 'summarise', 'read_for_scoring']
+           'scan_file', 'count_records', 'clean_text', 'parse_time', 'parse_typed', 'stage', 'SplitConfig', 'hash_unit',
+           'split_expr', 'fingerprint', 'sha256_file', 'read_ledger', 'dataset_files', 'load_dataset',
+           'combined_fingerprint', 'dedup_key', 'prepare', 'summarise', 'read_for_scoring']
 
 # %% ../nbs/10_data.ipynb #d4f4a556
 ColumnType = Literal["str", "int", "float", "bool", "datetime"]
@@ -138,6 +138,8 @@ def scan_file(path: Path,  # one data file
     try: lf, names = _SCANNERS[fmt](path)
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot read as {fmt}: {str(e).splitlines()[0]}") from e
+    except ValueError as e: raise ValueError(f"{path}: {e}") from None
+    if fmt != "csv": _check_count(path, lf)
     missing = [c for c in required if c not in names]
     if missing:
         shown = [n if len(n) <= 40 else n[:37] + "..." for n in names[:15]] + (["..."] if len(names) > 15 else [])
@@ -150,15 +152,22 @@ def scan_file(path: Path,  # one data file
         pl.col("source_row").cast(pl.Int64), source_file=pl.lit(str(path)))
 
 def _scan_csv(path):
-    sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    names = pl.scan_csv(path, separator=sep, infer_schema=False, n_rows=0, encoding="utf8-lossy").collect_schema().names()
-    if not names or names == [""]: raise ValueError("no header")
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f: header = next(csv.reader(f, delimiter=sep), [])
-    dups = sorted({h for h in header if header.count(h) > 1})  # polars would rename them silently
+    "A polars scan of a CSV file, or the csv module's reading of it when the two disagree on its records."
+    sep = _csv_sep(path)
+    header = _csv_header(path, sep)
+    if not header or header == [""]: raise ValueError("no header")
+    dups = sorted({h for h, k in collections.Counter(header).items() if k > 1})  # polars would rename them silently
     if dups: raise ValueError(f"duplicate column name(s) {dups} in the header")
+    names = pl.scan_csv(path, separator=sep, infer_schema=False, n_rows=0, encoding="utf8-lossy").collect_schema().names()
     schema = {n: pl.String for n in names} | {f"_extra_{i}": pl.String for i in range(1, N_EXTRA + 1)}
-    return pl.scan_csv(path, separator=sep, has_header=False, skip_rows=1, schema=schema, encoding="utf8-lossy",
-                       truncate_ragged_lines=True, missing_columns="insert", extra_columns="ignore"), names
+    lf = pl.scan_csv(path, separator=sep, has_header=False, skip_rows=1, schema=schema, encoding="utf8-lossy",
+                     truncate_ragged_lines=True, missing_columns="insert", extra_columns="ignore")
+    records = count_records(path)
+    polars_records = _polars_count(lf)
+    if names == header and polars_records == records: return lf, names
+    _log.warning("%s: polars reads %s records, Python's csv module %d; reading the file with the csv module",
+                 path, polars_records, records)
+    return _read_csv_module(path, header), header
 
 def _scan_parquet(path):
     lf = pl.scan_parquet(path)
@@ -181,6 +190,82 @@ def _as_string(name, dtype):
                              return_dtype=pl.String, is_elementwise=True)
     elif dtype == pl.Duration: c = c.to_physical()
     return c.cast(pl.String)
+
+# %% ../nbs/10_data.ipynb #17183e23
+def _csv_sep(path: Path) -> str:
+    "The field separator of a CSV or TSV file."
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+# %% ../nbs/10_data.ipynb #bd618616
+def _csv_reader(f, sep: str):
+    "Python's csv reader with strict quoting and no limit on field size (polars has none)."
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
+    return csv.reader(f, delimiter=sep, strict=True)
+
+# %% ../nbs/10_data.ipynb #631e66b3
+def _csv_header(path: Path, sep: str) -> list[str]:
+    "The header of a CSV file as the csv module reads it (a UTF-8 BOM dropped)."
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        reader = _csv_reader(f, sep)
+        try: return next(reader, [])
+        except csv.Error as e: raise ValueError(f"cannot read the header: {e}") from None
+
+# %% ../nbs/10_data.ipynb #6537be0d
+def _count_csv(path: Path) -> int:
+    "Data records of a CSV file by Python's csv module (the header excluded)."
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        reader = _csv_reader(f, _csv_sep(path))
+        try: n = sum(1 for _ in reader)
+        except csv.Error as e: raise ValueError(f"cannot read to the end: line {reader.line_num}: {e}") from None
+    return max(n - 1, 0)
+
+# %% ../nbs/10_data.ipynb #584263c8
+def _count_ndjson(path: Path) -> int:
+    "Non-blank lines of an NDJSON file."
+    with open(path, "rb") as f: return sum(1 for line in f if line.strip())
+
+# %% ../nbs/10_data.ipynb #6461a0d0
+@functools.lru_cache(maxsize=256)
+def _count_cached(path: str, size: int, mtime_ns: int) -> int:
+    "`count_records` for one version of a file (its size and modification time)."
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt == "csv": return _count_csv(Path(path))
+    if fmt == "ndjson": return _count_ndjson(Path(path))
+    import pyarrow.parquet as pq
+    return pq.ParquetFile(path).metadata.num_rows
+
+# %% ../nbs/10_data.ipynb #63280802
+def count_records(path: str | Path,  # a CSV, TSV, Parquet or NDJSON file
+                 ) -> int:  # its data records (the header excluded)
+    "Count a file's records without polars: the csv module, the Parquet footer, or NDJSON's non-blank lines."
+    path = Path(path)
+    st = path.stat()
+    return _count_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+# %% ../nbs/10_data.ipynb #50551e17
+def _polars_count(lf: pl.LazyFrame) -> int | None:
+    "The rows polars reads when it parses every field (a bare row count may skip the parsing), or None if it cannot."
+    try: return lf.select(pl.len().alias("_n"), pl.all().str.len_bytes().sum()).collect(engine="streaming")["_n"].item()
+    except pl.exceptions.PolarsError: return None
+
+# %% ../nbs/10_data.ipynb #c7e25491
+def _check_count(path: Path, lf: pl.LazyFrame):
+    "Refuse a (Parquet or NDJSON) file whose rows polars and the independent count see differently."
+    got, want = _polars_count(lf), count_records(path)
+    if got != want:
+        raise ValueError(f"{path}: polars reads {got} records where the independent count finds {want}; "
+                         "refusing the file rather than losing rows")
+
+# %% ../nbs/10_data.ipynb #a56043be
+def _read_csv_module(path: Path, header: list[str]) -> pl.LazyFrame:
+    "Read a CSV file with the csv module, shaped like the polars scan (strings, empty as null, `_extra_*` columns)."
+    names = header + [f"_extra_{i}" for i in range(1, N_EXTRA + 1)]
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        reader = _csv_reader(f, _csv_sep(path))
+        next(reader, None)
+        rows = [[v if v != "" else None for v in r[:len(names)]] + [None] * (len(names) - len(r)) for r in reader]
+    cols = list(zip(*rows)) if rows else [()] * len(names)
+    return pl.LazyFrame({n: pl.Series(n, list(v), dtype=pl.String) for n, v in zip(names, cols)})
 
 # %% ../nbs/10_data.ipynb #54dd483f
 _NEEDS_CLEAN = r"[^\x20-\x7e\n]| {2}|\n{3}| \n|\n "  # these, and a space or line break at either end, are what cleaning changes
@@ -265,6 +350,8 @@ def stage(lf: pl.LazyFrame,  # raw rows, every column a string (see `scan_file`)
          ) -> pl.LazyFrame:  # + `_clean_*` columns, typed columns, `_nchars`, `_label`, `reasons` (list) and `reason`
     "Clean, parse and check every row against the contract; add the list of reasons it would be quarantined for."
     c, names = contract, lf.collect_schema().names()
+    if contract.id_col in names:  # " X1" and "X1\xa0" are the id X1
+        lf = lf.with_columns(pl.col(contract.id_col).str.strip_chars())
     raw = [n for n in names if n not in ("source_file", "source_row")]
     extra = [n for n in raw if n.startswith("_extra_")]
     text_cols = [t for t in c.text_cols if t in names]
@@ -347,22 +434,26 @@ def fingerprint(files: Iterable[Path],  # Parquet files, in dataset order
     if not files: return "sha256:" + h.hexdigest()
     schema = {n: t for n, t in pl.scan_parquet(files).collect_schema().items() if n not in set(exclude)}
     h.update(json.dumps([[n, str(t)] for n, t in schema.items()]).encode())
+    hashers = {n: (hashlib.sha256(), hashlib.sha256()) for n in schema}
+    rows = max(1_000, batch_rows * 10 // max(10, len(schema)))  # one pass over the files; wide tables in smaller batches
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # one column per task; hashing and polars release the GIL
-        for digest in pool.map(lambda n: _column_digest(files, n, batch_rows), schema): h.update(digest)
+        for batch in pl.scan_parquet(files).select(list(schema)).collect_batches(chunk_size=rows):
+            list(pool.map(lambda n: _update_digest(*hashers[n], batch[n]), schema))
+    for hv, hn in hashers.values(): h.update(hv.digest() + hn.digest())
     return "sha256:" + h.hexdigest()
 
-def _column_digest(files: list[Path], name: str, batch_rows: int) -> bytes:
-    "Hash of one column's values and nulls (string lengths too, so that the boundaries between values count)."
-    hv, hn = hashlib.sha256(), hashlib.sha256()
-    for batch in pl.scan_parquet(files).select(name).collect_batches(chunk_size=batch_rows):
-        s = batch[name]
-        hn.update(s.is_null().to_numpy().tobytes())
-        if s.dtype in (pl.String, pl.Categorical):
-            hn.update(s.str.len_bytes().fill_null(0).to_numpy().tobytes())
-            hv.update(s.fill_null("").str.join("").cast(pl.Binary).item())  # the UTF-8 bytes, no Python str in between
-        elif s.dtype.is_nested(): hv.update(json.dumps(s.to_list(), default=str).encode())
-        else: hv.update(s.to_physical().fill_null(0).to_numpy().tobytes())
-    return hv.digest() + hn.digest()
+def _update_digest(hv, hn, s: pl.Series):
+    "Add a batch of one column to its hashes of values and nulls (string lengths too, so that value boundaries count)."
+    hn.update(s.is_null().to_numpy().tobytes())
+    if s.dtype in (pl.String, pl.Categorical):
+        hn.update(s.str.len_bytes().fill_null(0).to_numpy().tobytes())
+        hv.update(s.fill_null("").str.join("").cast(pl.Binary).item())  # the UTF-8 bytes, no Python str in between
+    elif s.dtype.is_nested():
+        for v in s.to_list():
+            b = json.dumps(v, default=str).encode()
+            hv.update(len(b).to_bytes(8, "little") + b)
+    else: hv.update(s.to_physical().fill_null(0).to_numpy().tobytes())
+
 
 # %% ../nbs/10_data.ipynb #ea387cdb
 PARTS = ("curated", "quarantine", "duplicates")
@@ -464,12 +555,12 @@ def _parts(st: pl.LazyFrame, raw_cols, c: Contract, split: SplitConfig, prior_ke
     return curated, quarantine, dups, pii
 
 # %% ../nbs/10_data.ipynb #06fd6cd4
-def _summarise(paths: dict[str, Path], label_col: str | None) -> dict:
-    "Counts, reasons, labels, splits and schema of one batch's part files."
+def _summarise(paths: dict[str, Path], label_col: str | None, records: int) -> dict:
+    "Counts, reasons, labels, splits and schema of one batch's part files; `records` is the independent input count."
     cur, qua, dup = (pl.scan_parquet(paths[p]) for p in PARTS)
     n = {p: lf.select(pl.len()).collect().item() for p, lf in zip(PARTS, (cur, qua, dup))}
     counts = lambda lf, col: dict(lf.group_by(col).len().sort("len", col, descending=[True, False]).collect().iter_rows())
-    m = {"rows": {"in": n["curated"] + n["quarantine"] + n["duplicates"], "curated": n["curated"],
+    m = {"rows": {"in": records, "curated": n["curated"],
                   "quarantined": n["quarantine"], "duplicates": n["duplicates"]}}
     m["quarantine_reasons"] = counts(qua, "reason")
     m["reason_occurrences"] = counts(qua.explode("reasons"), "reasons")
@@ -513,6 +604,17 @@ def _manifest(out: Path, ledger: dict, contract: Contract, batches: list[dict]) 
     m["balanced"] = m["rows"]["in"] == m["rows"]["curated"] + m["rows"]["quarantined"] + m["rows"]["duplicates"]
     return m
 
+# %% ../nbs/10_data.ipynb #4d99c133
+def _check_balance(files: list[dict], parts: dict[str, Path]):
+    "Fail, naming the files, when the rows written differ from the records counted in the input files."
+    written = {p: pl.scan_parquet(f).select(pl.len()).collect().item() for p, f in parts.items()}
+    records = sum(f["records"] for f in files)
+    if sum(written.values()) != records:
+        for f in parts.values(): f.unlink(missing_ok=True)
+        names = ", ".join(f["path"] for f in files)
+        raise RuntimeError(f"{names}: {records} input records but {written} rows written; nothing was committed. "
+                           "Please report this file: the reader lost or invented rows")
+
 # %% ../nbs/10_data.ipynb #dcc33a84
 def prepare(source: str | Path | Iterable[str | Path],  # new data: a file, a glob, a landing folder, or a list
             out: str | Path,  # the dataset folder (created if needed); earlier batches stay
@@ -551,7 +653,7 @@ def _prepare(source, out: Path, contract: Contract, split: SplitConfig, on_bad_f
         except (ValueError, FileNotFoundError) as e:
             if on_bad_file == "raise": raise
             _log.warning("skipping %s", e); rejected.append({"path": str(path), "sha256": sha, "error": str(e)}); continue
-        new.append({"path": str(path), "sha256": sha, "bytes": path.stat().st_size})
+        new.append({"path": str(path), "sha256": sha, "bytes": path.stat().st_size, "records": count_records(path)})
     seen = {r["path"] for r in rejected} | {f["path"] for f in new}
     ledger["rejected"] = [r for r in ledger["rejected"] if r["path"] not in seen] + rejected  # a fixed file leaves the list
     ledger["skipped"] = [k for k in ledger.get("skipped", []) if k["path"] not in {x["path"] for x in skipped}] + skipped
@@ -611,10 +713,11 @@ def _ingest(out, lf, files, batch, contract, split, ledger) -> dict:
         sinks = [q.sink_parquet(paths[p].with_name(paths[p].name + ".tmp"), lazy=True) for p, q in zip(PARTS, (curated, quarantine, dups))]
         *_, pii_df = pl.collect_all([*sinks, pii], engine="streaming")
     finally: staged.unlink(missing_ok=True)
+    _check_balance(files, {p: paths[p].with_name(paths[p].name + ".tmp") for p in PARTS})
     for p in PARTS: os.replace(paths[p].with_name(paths[p].name + ".tmp"), paths[p])
     record = {"batch": batch, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "files": files,
               "labels": list(labels), "pii": {k: int(pii_df[k][0] or 0) for k in PII_KINDS}, "fingerprint": fingerprint([paths["curated"]]),
-              "summary": _summarise(paths, contract.label_col)}
+              "summary": _summarise(paths, contract.label_col, sum(f["records"] for f in files))}
     _write_json(out / "manifests" / f"{batch}.json", _manifest(out, ledger, contract, [record]))
     return record
 
@@ -657,6 +760,10 @@ def read_for_scoring(source: str | Path | Iterable[str | Path],  # new data: a f
     lf = pl.concat(frames, how="diagonal")
     raw_cols = [n for n in lf.collect_schema().names() if n not in ("source_file", "source_row")]
     st = _stage_pass(lf, c, (), None).collect()
+    readable = [f for f in list_sources(source) if str(f) not in {r["path"] for r in rejected}]
+    records = sum(count_records(f) for f in readable)
+    if st.height != records:
+        raise RuntimeError(f"{source!r}: {records} input records but {st.height} rows read; please report these files")
     bad = pl.col("reason").is_not_null()
     typed = {k: pl.col(f"_typed_{k}") for k in c.types if f"_typed_{k}" in st.columns}
     if c.time_col: typed[c.time_col] = pl.col("_time")
