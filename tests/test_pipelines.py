@@ -211,7 +211,9 @@ def test_bad_parameters_are_rejected_before_any_kernel(ws, tmp_path):
              (["-p", "nope=1"], "no step of pipeline 'train' has a parameter 'nope'"),
              (["-p", "dataset_dir=/x"], "is wired to '${prepare.dataset_dir}'; it cannot be set"),
              (["-p", "evaluate.epochs=2"], "job 'evaluate' has no parameter 'epochs'"),
-             (["-p", "run_dir=/x"], "is set by the runner")]
+             (["-p", "run_dir=/x"], "is set by the runner"),
+             (["-p", "epochs=-1"], "parameter 'epochs' of job 'train' must be >= 1, got -1"),
+             (["-p", "lr=0"], "parameter 'lr' of job 'train' must be > 0, got 0.0")]
     (tmp_path / "bad.yaml").write_text("epochs: 2.5\n")
     (tmp_path / "good.yaml").write_text("epochs: 2\nprepare.source: /no/such.csv\n")
     cases.append((["-f", str(tmp_path / "bad.yaml")], "expects int, got 2.5"))
@@ -219,6 +221,9 @@ def test_bad_parameters_are_rejected_before_any_kernel(ws, tmp_path):
     for args, message in cases:
         r = wb(ws, "run", "train", *args)
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+    r = wb(ws, "job", "train", "-p", "epochs=-1")  # one job on its own: the same check, before its kernel
+    assert r.returncode == 2, r.stderr
+    assert "must be >= 1, got -1" in r.stderr, r.stderr
     assert (set(runs.iterdir()) if runs.exists() else set()) == before  # nothing started
     r = wb(ws, "run", "train", "-f", str(tmp_path / "good.yaml"), "-p", "epochs=3")  # the file parses; -p wins; prepare fails
     assert r.returncode == 1
@@ -233,6 +238,49 @@ def test_one_pipeline_never_runs_twice_at_once(ws):
     with FileLock(locks / "score.lock"):
         r = wb(ws, "run", "score")
     assert r.returncode == 3 and "pipeline 'score' is already running (run score-held-by-test)" in r.stderr
+
+
+def test_a_job_on_its_own_takes_the_run_locks(ws):
+    "`workbench job` takes the job's lock as `workbench run` does: it never runs beside a pipeline that runs it."
+    from filelock import FileLock
+    locks = ws / "workspace" / "runs" / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    (locks / "job-score.run").write_text("score-pipeline-run")
+    with FileLock(locks / "job-score.lock"):
+        r = wb(ws, "job", "score")
+    assert r.returncode == 3, r.stderr
+    assert "job 'score' is running in another run (run score-pipeline-run)" in r.stderr, r.stderr
+
+
+def test_promote_and_audit_from_the_command_line(ws, trained):
+    "`workbench promote` re-runs the gate on an existing version; `--force` needs a reason; `workbench audit` sees alias moves outside the gate."
+    client = _client(ws)
+    name = "tickets"
+    champion = str(client.get_model_version_by_alias(name, "champion").version)
+    r = wb(ws, "promote", name, champion, "--min-macro-f1", "1.0")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAIL quality" in r.stdout, r.stdout
+    assert f"workbench promote {name} {champion} --force --reason" in r.stderr, r.stderr
+    r = wb(ws, "promote", name, champion, "--min-macro-f1", "1.0", "--force")
+    assert r.returncode == 2, r.stderr
+    assert "force needs a reason" in r.stderr, r.stderr
+    r = wb(ws, "promote", name, champion, "--min-macro-f1", "1.0", "--force", "--reason", "drill by the tests")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "forced" in r.stdout, r.stdout
+    r = wb(ws, "audit", name)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "drill by the tests" in r.stdout, r.stdout
+    assert "as the gate set it" in r.stdout, r.stdout
+    client.delete_registered_model_alias(name, "champion")  # a move with the MLflow client leaves no record of its own
+    try:
+        r = wb(ws, "audit", name)
+        assert r.returncode == 1, r.stdout
+        assert f"WARNING: champion was removed outside the gate (the gate last set it to v{champion})" in r.stdout, r.stdout
+        r = wb(ws, "promote", name, "999")
+        assert r.returncode == 2, r.stderr
+        assert f"versions of '{name}':" in r.stderr and f"workbench promote {name}" in r.stderr, r.stderr
+    finally: client.set_registered_model_alias(name, "champion", champion)
+    assert wb(ws, "audit", name).returncode == 0
 
 
 def test_schedules_from_the_command_line(ws, tmp_path):

@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--crontab", action="store_true", help="print the schedules as crontab lines instead")
     sc.add_argument("--list", action="store_true", help="print each schedule's next fire time instead")
     sc.add_argument("--misfire-grace", type=int, default=3600, metavar="SECONDS", help="run a fire time missed by less than this (default 3600)")
+    _promote_parser(sub.add_parser("promote", help="run the promotion gate on an existing model version, or force it with a reason"))
+    au = sub.add_parser("audit", help="a model's gate decisions, and whether an alias was moved outside the gate")
+    au.add_argument("name", help="the registered model")
+    au.add_argument("--alias", default="champion", help="the alias to check (default champion)")
     _serve_parser(sub.add_parser("serve", help="serve a model over HTTP (FastAPI on uvicorn, micro-batched, logged)"))
     db = sub.add_parser("dashboard", help="serve the stakeholder dashboard (Panel): model, data, training, cost, monitoring, governance, jobs")
     db.add_argument("--port", type=int, default=5006, help="TCP port (default 5006)")
@@ -86,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:  # the exit code
         if args.cmd == "run": return _run(args)
         if args.cmd == "jobs": return _jobs(args)
         if args.cmd == "schedule": return _schedule(args)
+        if args.cmd == "promote": return _promote(args)
+        if args.cmd == "audit": return _audit(args)
         if args.cmd == "serve": return _serve(args)
         if args.cmd == "dashboard": return _dashboard(args)
     except (OSError, ValueError, TypeError, LookupError, RuntimeError) as e:  # bad input: a clear message, no traceback
@@ -103,8 +109,11 @@ def _prepare(args) -> int:
     return 0 if m["balanced"] else 1
 
 def _job(args) -> int:
-    from workbench.jobs import execute_job, parse_pairs
-    r = execute_job(args.name, parse_pairs(args.param), from_text=True)
+    from workbench.jobs import check_params, execute_job, job_lock, parse_pairs
+    params = check_params(args.name, parse_pairs(args.param), from_text=True)  # before the lock and the kernel
+    lock = job_lock(args.name, f"workbench job {args.name} (pid {os.getpid()})")
+    try: r = execute_job(args.name, params)
+    finally: lock.release()
     if r["outputs"].get("summary"): print(r["outputs"]["summary"])
     print(f"executed notebook: {r['notebook']}")
     return 0
@@ -215,6 +224,45 @@ def _serve(args) -> int:
     print(f"workbench serve: loading {cfg.model}", file=sys.stderr, flush=True)
     serve(cfg, args.host, args.port, graceful_s=args.graceful_s, access_log=args.access_log)
     return 0
+
+# %% ../nbs/80_cli.ipynb #2c878aae
+_GATE_OPTIONS = ("min_macro_f1", "tolerance", "max_parity_drop", "max_p95_ms")
+
+def _promote_parser(pm: argparse.ArgumentParser):
+    "Options of `workbench promote`: the version, force and reason, a test set, and one option per gate threshold."
+    pm.add_argument("name", help="the registered model")
+    pm.add_argument("version", nargs="?", help="the version to promote (default: the challenger)")
+    pm.add_argument("--force", action="store_true", help="move the alias even if a check fails (needs --reason)")
+    pm.add_argument("--reason", help="why; required with --force, kept in the audit trail")
+    pm.add_argument("--dataset", help="a prepared dataset folder: score both models on its test split now")
+    pm.add_argument("--alias", default="champion", help="the alias to move (default champion)")
+    for k in _GATE_OPTIONS:  # defaults from GateConfig (not imported here: `workbench --help` stays fast)
+        pm.add_argument("--" + k.replace("_", "-"), type=float, help="gate threshold (default: GateConfig's)")
+
+# %% ../nbs/80_cli.ipynb #104eb615
+def _promote(args) -> int:
+    from workbench.registry import GateConfig, promote
+    from workbench.train import load_splits
+    gate = GateConfig(**{k: getattr(args, k) for k in _GATE_OPTIONS if getattr(args, k) is not None})
+    test = load_splits(Path(args.dataset))[0]["test"].select("text", "label") if args.dataset else None
+    d = promote(args.name, args.version, gate, test, args.alias, force=args.force, reason=args.reason)
+    for k, ch in d["checks"].items(): print(f"{'pass' if ch['passed'] else 'FAIL'} {k:9} {ch['detail']}")
+    if d["loosened"]: print("loosened  " + ", ".join(f"{k} {v['used']} (default {v['default']})" for k, v in d["loosened"].items()))
+    print(f"{args.name} v{d['version']}: {d['decision']}" + (f" ({args.alias} -> v{d['version']})" if d["decision"] != "refused" else ""))
+    if d["decision"] != "refused": return 0
+    print(f"to promote it anyway: workbench promote {args.name} {d['version']} --force --reason '...'", file=sys.stderr)
+    return 1
+
+# %% ../nbs/80_cli.ipynb #8e698b79
+def _audit(args) -> int:
+    import polars as pl
+    from workbench.registry import alias_status, audit_trail
+    trail = audit_trail(args.name)
+    cols = ["at", "version", "decision", "alias", "failed", "loosened", "requested_by", "reason", "intact"]
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200): print(trail.select(cols))
+    st = alias_status(args.name, args.alias)
+    print(("WARNING: " if st["outside_gate"] else "") + st["detail"])
+    return 1 if st["outside_gate"] else 0
 
 # %% ../nbs/80_cli.ipynb #21955fb6
 #| eval: false

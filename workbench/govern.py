@@ -208,7 +208,7 @@ def model_card_evidence(uri: str,  # `models:/NAME@ALIAS` or `models:/NAME/VERSI
                        ) -> dict:
     "Everything the model card says, from the registry, the training run, the evaluation step and the dataset."
     import mlflow
-    from workbench.registry import _client, resolve_model
+    from workbench.registry import _client, alias_status, resolve_model
     info = resolve_model(uri)
     if not info.get("version"): raise ValueError(f"{uri}: a model card is for a registered version (models:/NAME@ALIAS or models:/NAME/VERSION)")
     tags = info.get("tags", {})
@@ -218,7 +218,8 @@ def model_card_evidence(uri: str,  # `models:/NAME@ALIAS` or `models:/NAME/VERSI
           "aliases": list(getattr(mv, "aliases", []) or []), "created": dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, dt.timezone.utc).isoformat(timespec="seconds"),
           "variant": tags.get("variant"), "labels": tags.get("labels", "").split(",") if tags.get("labels") else [],
           "metrics": {k: float(tags[k]) for k in ("accuracy", "macro_f1", "delta_accuracy", "delta_macro_f1", "agreement", "ece", "size_mb", "p50_ms", "p95_ms", "samples_per_s", "usd_per_million") if k in tags},
-          "gate": {"decision": tags.get("gate.decision"), "reasons": tags.get("gate.reasons"), "at": tags.get("gate.at")},
+          "gate": {"decision": tags.get("gate.decision"), "reasons": tags.get("gate.reasons"), "at": tags.get("gate.at"),
+                   "champion_alias": alias_status(info["name"])},
           "lineage": {k: tags.get(k) for k in ("dataset_fingerprint", "training_run_id", "git_commit", "model_dir", "run_dir")}}
     run_id = tags.get("training_run_id") or tags.get("run_id")
     if run_id:
@@ -287,6 +288,9 @@ def model_card_markdown(ev: dict) -> str:
          f"- **Registered**: {_e(ev['uri'])}, aliases {_e(', '.join(ev['aliases']) or 'none')}, created {_e(ev['created'])}",
          f"- **Served variant**: {_e(ev.get('variant'))}; classes: {_e(', '.join(ev.get('labels', [])))}",
          f"- **Promotion gate**: {_e(g.get('decision'))} at {_e(g.get('at'))}; {_e(g.get('reasons'))}"]
+    st = g.get("champion_alias") or {}
+    if st.get("outside_gate"): L.append(f"- **WARNING, moved outside the gate**: {_e(st['detail'])}")
+    elif st: L.append(f"- **Champion alias**: {_e(st['detail'])}")
     tr = ev.get("training") or {}
     if tr.get("params"):
         keys = ("base_model", "method", "epochs", "max_length", "lr", "batch_size", "lora_r", "class_weights", "train_rows", "seed")

@@ -18,7 +18,8 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['VARIANTS', 'Variant', 'QuantConfig', 'load_hf', 'quantize_int8', 'layer_sensitivity', 'build_variant', 'Predictor',
-           'scored_columns', 'expected_calibration_error', 'model_size_mb', 'measure', 'parity_report']
+           'scored_columns', 'expected_calibration_error', 'single_text_cpu_ms', 'model_size_mb', 'measure',
+           'parity_report']
 
 # %% ../nbs/30_infer.ipynb #7b08aa15
 VARIANTS = ("fp32", "int8", "bf16", "onnx-fp32", "onnx-int8")
@@ -282,6 +283,27 @@ def expected_calibration_error(probs: np.ndarray,  # n x k probabilities
         if m.any(): ece += m.mean() * abs(conf[m].mean() - hit[m].mean())
     return float(ece)
 
+# %% ../nbs/30_infer.ipynb #ef96de8a
+def single_text_cpu_ms(pred: Predictor,  # the variant to measure
+                       texts: Sequence[str],  # one call per text
+                      ) -> list[float]:  # CPU milliseconds of each call
+    "The CPU time of single-text calls on one intra-op thread: what a text costs, however busy the machine is."
+    import torch
+    one = Predictor(pred.path, threads=1, max_length=pred.max_length) if pred.variant.startswith("onnx") else pred
+    saved = (torch.get_num_threads(), pred.threads)
+    if one is pred: pred.threads = 1
+    out = []
+    try:
+        one.predict_proba(texts[:1])  # warm-up on one thread
+        for t in texts:
+            c0 = time.thread_time()
+            one.predict_proba([t])
+            out.append((time.thread_time() - c0) * 1e3)
+    finally:
+        torch.set_num_threads(saved[0])
+        pred.threads = saved[1]
+    return out
+
 # %% ../nbs/30_infer.ipynb #e23bfb7c
 def model_size_mb(pred: Predictor) -> float:
     "Size of what the predictor runs: ONNX files, or the serialized (quantized) torch state dict."
@@ -296,11 +318,12 @@ def measure(pred: Predictor,  # the variant to measure
             price_per_core_hour: float = 0.05,  # USD per CPU core-hour
             repeats: int = 2,  # throughput runs (the fastest is kept)
            ) -> dict:  # p50_ms, p95_ms, samples_per_s, cpu_s_per_million, usd_per_million
-    "Latency at batch 1, throughput at batch 64 and CPU cost of one predictor."
+    "Latency at batch 1 (wall clock, and CPU time on one core), throughput at batch 64 and CPU cost of one predictor."
     texts = list(texts); pred.predict_proba(texts[:8])  # warm-up
     lat = []
     for t in texts[:latency_samples]:
         t0 = time.perf_counter(); pred.predict_proba([t]); lat.append(time.perf_counter() - t0)
+    cpu = single_text_cpu_ms(pred, texts[:latency_samples])
     bs, pred.batch_size = pred.batch_size, 64
     best = None
     try:
@@ -311,6 +334,7 @@ def measure(pred: Predictor,  # the variant to measure
     finally: pred.batch_size = bs
     cpu_per_m = best[1] / len(texts) * 1e6
     return {"p50_ms": float(np.percentile(lat, 50) * 1e3), "p95_ms": float(np.percentile(lat, 95) * 1e3),
+            "cpu_p50_ms": float(np.percentile(cpu, 50)), "cpu_p95_ms": float(np.percentile(cpu, 95)),
             "samples_per_s": len(texts) / best[0], "cpu_s_per_million": cpu_per_m, "usd_per_million": cpu_per_m / 3600 * price_per_core_hour}
 
 def parity_report(predictors: dict[str, Predictor],  # name -> predictor; must include `reference`

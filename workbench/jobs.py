@@ -17,9 +17,10 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['RUNNER_PARAMS', 'jobs_dir', 'list_jobs', 'job_path', 'JobParam', 'parse_parameters', 'job_params', 'check_params',
-           'parse_pairs', 'read_params_file', 'save_outputs', 'load_outputs', 'StepFailed', 'execute_job', 'Step',
-           'Pipeline', 'Schedule', 'pipelines_file', 'load_pipelines', 'PipelineBusy', 'runs_dir', 'read_run',
-           'list_runs', 'lineage', 'run_pipeline', 'run_scheduled', 'scheduler', 'next_runs', 'crontab']
+           'parse_pairs', 'read_params_file', 'param_range', 'in_range', 'save_outputs', 'load_outputs', 'StepFailed',
+           'execute_job', 'Step', 'Pipeline', 'Schedule', 'pipelines_file', 'load_pipelines', 'PipelineBusy',
+           'runs_dir', 'read_run', 'list_runs', 'lineage', 'run_pipeline', 'job_lock', 'run_scheduled', 'scheduler',
+           'next_runs', 'crontab']
 
 # %% ../nbs/60_jobs.ipynb #3968b8dc
 def jobs_dir() -> Path:
@@ -79,8 +80,12 @@ class JobParam:
             except json.JSONDecodeError: pass  # pydantic reads "true", "yes", "3"...; anything else fails below
         msg = f"parameter {self.name!r} of job {job!r} expects {self.type}, got {value!r}"
         if isinstance(value, bool) and t in (int, float): raise ValueError(msg)  # True is not a number of epochs
-        try: return TypeAdapter(t).validate_python(value)
+        try: value = TypeAdapter(t).validate_python(value)
         except ValidationError: raise ValueError(msg) from None
+        bounds = param_range(self.help)
+        if bounds and not in_range(value, bounds):
+            raise ValueError(f"parameter {self.name!r} of job {job!r} must be {bounds}, got {value!r}")
+        return value
 
 def _parameters_cell(path: Path) -> str:
     import nbformat
@@ -154,6 +159,26 @@ def read_params_file(path: str | Path,  # YAML or JSON: a mapping of `key` or `s
     if d is None: return {}
     if not isinstance(d, dict) or not all(isinstance(k, str) for k in d): raise ValueError(f"{path}: expected a mapping of parameter names to values, got {type(d).__name__}")
     return d
+
+# %% ../nbs/60_jobs.ipynb #42e29c1a
+_RANGE = re.compile(r"\[\s*(?:(>=|>|<=|<)\s*(-?[\d.eE+-]+)|(-?[\d.eE+-]+)\s+to\s+(-?[\d.eE+-]+))\s*\]\s*$")
+
+def param_range(help: str,  # a parameter's help text
+               ) -> str:  # its range, e.g. ">= 1" or "0 to 1"; empty when it declares none
+    "The range a parameter's help declares in brackets at its end."
+    m = _RANGE.search(help or "")
+    if not m: return ""
+    return f"{m[1]} {m[2]}" if m[1] else f"{m[3]} to {m[4]}"
+
+# %% ../nbs/60_jobs.ipynb #ab75715a
+def in_range(value, bounds: str) -> bool:
+    "Whether a number lies in a range written as `param_range` returns it (a non-number is never out of range)."
+    if isinstance(value, bool) or not isinstance(value, (int, float)): return True
+    if " to " in bounds:
+        lo, hi = (float(x) for x in bounds.split(" to "))
+        return lo <= value <= hi
+    op, x = bounds.split()
+    return {">=": value >= float(x), ">": value > float(x), "<=": value <= float(x), "<": value < float(x)}[op]
 
 # %% ../nbs/60_jobs.ipynb #f69694f4
 def save_outputs(run_dir: str | Path,  # the job's `run_dir` parameter; empty when run by hand (nothing is written)
@@ -481,7 +506,7 @@ class _Locks:
     def release(self):
         for l in reversed(self.locks): l.release()
 
-def _lock(pipeline: str,  # the pipeline's name
+def _lock(pipeline: str | None,  # the pipeline's name; None for a job run on its own
           jobs: tuple[str, ...] = (),  # the jobs it runs: two pipelines that share a job (main and train) never overlap either
           run_id: str = "",  # written beside each lock, so that a refused run can say who holds it
          ) -> _Locks:
@@ -489,13 +514,15 @@ def _lock(pipeline: str,  # the pipeline's name
     from filelock import FileLock, Timeout
     d = runs_dir() / ".locks"; d.mkdir(parents=True, exist_ok=True)
     held = []
-    for name in [pipeline] + [f"job-{j}" for j in dict.fromkeys(jobs)]:
+    for name in ([pipeline] if pipeline else []) + [f"job-{j}" for j in dict.fromkeys(jobs)]:
         lock = FileLock(d / f"{name}.lock")
         try: lock.acquire(timeout=0)
         except Timeout:
             _Locks(held).release()
             holder = (d / f"{name}.run").read_text().strip() if (d / f"{name}.run").exists() else "unknown"
-            what = f"pipeline {pipeline!r} is already running" if name == pipeline else f"job {name[4:]!r} of pipeline {pipeline!r} is running in another pipeline run"
+            what = (f"pipeline {pipeline!r} is already running" if name == pipeline
+                    else f"job {name[4:]!r} is running in another run" if not pipeline
+                    else f"job {name[4:]!r} of pipeline {pipeline!r} is running in another pipeline run")
             raise PipelineBusy(f"{what} (run {holder}); runs never overlap on a pipeline or a job") from None
         held.append(lock)
         if run_id: (d / f"{name}.run").write_text(run_id)
@@ -660,6 +687,12 @@ def _run(p: Pipeline, rec: dict, root: Path, retries, echo, tracking, stream) ->
                          f"later steps skipped: {[x['id'] for x in rec['steps'] if x['status'] == 'skipped'] or 'none'}; "
                          f"resume with: workbench run {p.name} --resume {rec['run_id']}", Path(s["notebook"]) if s.get("notebook") else None)
     return rec
+
+def job_lock(job: str,  # a job run on its own (`workbench job`)
+             holder: str = "",  # who holds it, for the message another run gets
+            ) -> _Locks:  # release it when the job is done
+    "Hold a job's lock as a pipeline run does, or raise `PipelineBusy` naming the run that holds it."
+    return _lock(None, (job,), holder)
 
 # %% ../nbs/60_jobs.ipynb #bb9a9d06
 def _cli_args(s: Schedule) -> list[str]:

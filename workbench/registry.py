@@ -4,7 +4,7 @@
 
 # %% ../nbs/35_registry.ipynb #79c152e9
 from __future__ import annotations
-import datetime as dt, json, logging, shutil, tempfile, warnings
+import datetime as dt, getpass, hashlib, hmac, json, logging, os, secrets, shlex, shutil, socket, sys, tempfile, warnings
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version as _version
 from pathlib import Path
@@ -16,13 +16,14 @@ import pandas as pd
 import workbench
 import polars as pl
 
-from .config import git_commit, mlflow_experiment
+from .config import git_commit, mlflow_experiment, workspace
 from .infer import Predictor, scored_columns
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['WorkbenchModel', 'requirements', 'register', 'GateConfig', 'promote', 'audit_trail', 'resolve_model']
+__all__ = ['SEALED_TAGS', 'WorkbenchModel', 'requirements', 'gate_key', 'seal', 'numbers_seal', 'register', 'GateConfig',
+           'promote', 'audit_trail', 'alias_status', 'resolve_model']
 
 # %% ../nbs/35_registry.ipynb #5c27de35
 class WorkbenchModel(mlflow.pyfunc.PythonModel):
@@ -56,6 +57,34 @@ def requirements(variant: str) -> list[str]:
         try: out.append(f"{n}=={_version(n).split('+')[0]}")  # torch's "+cpu" local tag is not on PyPI
         except PackageNotFoundError: out.append(n)
     return out
+
+# %% ../nbs/35_registry.ipynb #122ed0cf
+def gate_key() -> bytes:
+    "The secret that seals the gate's numbers and decisions (`WORKBENCH_GATE_KEY`, else `<workspace>/.gate_key`)."
+    env = os.environ.get("WORKBENCH_GATE_KEY")
+    if env: return env.encode()
+    f = workspace() / ".gate_key"
+    try:
+        fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # made once, owner-only
+        with os.fdopen(fd, "w") as out: out.write(secrets.token_hex(32))
+    except FileExistsError: pass
+    return f.read_bytes().strip()
+
+# %% ../nbs/35_registry.ipynb #6255d8e3
+def seal(obj) -> str:
+    "HMAC-SHA256 of a JSON-able object (keys sorted) under `gate_key()`."
+    msg = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hmac.new(gate_key(), msg, hashlib.sha256).hexdigest()
+
+# %% ../nbs/35_registry.ipynb #0a99bd11
+SEALED_TAGS = ("variant", "labels", "macro_f1", "delta_macro_f1", "p95_ms", "cpu_p95_ms", "run_id", "dataset_fingerprint")
+
+def numbers_seal(name: str,  # registered model name
+                 version: str,  # its version
+                 tags: dict,  # the version's tags
+                ) -> str:  # the seal of the tags the gate reads
+    "The seal of a model version's registered numbers."
+    return seal({"name": name, "version": str(version), **{k: tags.get(k) for k in SEALED_TAGS}})
 
 # %% ../nbs/35_registry.ipynb #05745ba4
 def register(variant_dir: str | Path,  # a variant folder (`workbench.infer.build_variant`)
@@ -92,83 +121,205 @@ def register(variant_dir: str | Path,  # a variant folder (`workbench.infer.buil
         mlflow.log_metrics({f"{pred.variant}_{k}": v for k, v in nums.items()})
     client = _client()
     ver = str(info.registered_model_version)
-    for k, v in {**tags, "run_id": run.info.run_id}.items(): client.set_model_version_tag(name, ver, k, v)
+    tags["run_id"] = run.info.run_id
+    tags["gate.seal"] = numbers_seal(name, ver, tags)
+    for k, v in tags.items(): client.set_model_version_tag(name, ver, k, v)
     client.set_registered_model_alias(name, alias, ver)
     return client.get_model_version(name, ver)  # note: MLflow returns `version` as a str or an int depending on the call
 
-# %% ../nbs/35_registry.ipynb #ed2eac45
+# %% ../nbs/35_registry.ipynb #2491d388
 @dataclass(frozen=True)
 class GateConfig:
     "The promotion gate's thresholds."
     min_macro_f1: float = 0.80  # the first champion needs at least this macro-F1
     tolerance: float = 0.005  # a challenger may trail the champion's macro-F1 by at most this
     max_parity_drop: float = 0.005  # the variant may lose at most this macro-F1 against fp32
-    max_p95_ms: float = 100.0  # p95 latency for one text, in milliseconds
+    max_p95_ms: float = 100.0  # p95 CPU time of one text on one core, in milliseconds
 
     def __post_init__(self):
-        if not 0 <= self.min_macro_f1 <= 1: raise ValueError(f"GateConfig: min_macro_f1 must be in [0, 1], got {self.min_macro_f1}")
-        if self.tolerance < 0 or self.max_parity_drop < 0: raise ValueError("GateConfig: tolerance and max_parity_drop must be >= 0")
+        if not 0 <= self.min_macro_f1 <= 1:
+            raise ValueError(f"GateConfig: min_macro_f1 must be in [0, 1], got {self.min_macro_f1}")
+        if self.tolerance < 0 or self.max_parity_drop < 0:
+            raise ValueError("GateConfig: tolerance and max_parity_drop must be >= 0")
         if self.max_p95_ms <= 0: raise ValueError(f"GateConfig: max_p95_ms must be > 0, got {self.max_p95_ms}")
 
+    def loosened(self) -> dict:
+        "The thresholds that are looser than the defaults: {name: {default, used}}."
+        base, lower_is_looser = GateConfig(), {"min_macro_f1"}
+        out = {}
+        for k, v in asdict(self).items():
+            d = getattr(base, k)
+            if (v < d) if k in lower_is_looser else (v > d): out[k] = {"default": d, "used": v}
+        return out
+
+# %% ../nbs/35_registry.ipynb #0f6cf8e0
 def _macro_f1(uri: str, test: pl.DataFrame) -> float:
+    "Macro-F1 of the model at `uri` on a labelled `text`/`label` frame, scored now."
     from workbench.train import classification_metrics
-    p = Predictor.from_uri(uri); out = p.predict(test["text"].to_list())
-    if set(test["label"].unique().to_list()) - set(p.labels):
-        raise ValueError(f"{uri}: the test labels {sorted(set(test['label']) - set(p.labels))} are not labels of this model {p.labels}")
+    p = Predictor.from_uri(uri)
+    out = p.predict(test["text"].to_list())
+    unknown = sorted(set(test["label"].unique().to_list()) - set(p.labels))
+    if unknown: raise ValueError(f"{uri}: the test labels {unknown} are not labels of this model {p.labels}")
     idx = {l: i for i, l in enumerate(p.labels)}
     pred = [idx.get(l, -1) for l in out["label"].to_list()]
     return classification_metrics([idx[l] for l in test["label"]], pred, p.labels)["macro_f1"]
 
+# %% ../nbs/35_registry.ipynb #0e06274e
+def _integrity(name: str, mv) -> tuple[bool, str]:
+    "Whether a version's registered numbers still match their seal."
+    got = mv.tags.get("gate.seal")
+    if got is None: return False, f"v{mv.version} has no seal: register it with `workbench.registry.register`"
+    if not hmac.compare_digest(got, numbers_seal(name, mv.version, mv.tags)):
+        return False, f"v{mv.version}'s numbers were changed after registration (its tags no longer match their seal)"
+    return True, f"v{mv.version}'s numbers are as registered"
+
+# %% ../nbs/35_registry.ipynb #91febcfd
+def _requester() -> str:
+    "Who asks: user@host and the command line."
+    try: user = getpass.getuser()
+    except (OSError, KeyError): user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}: {shlex.join(sys.argv)[:300]}"
+
+# %% ../nbs/35_registry.ipynb #c092a8e5
+def _check(ok: bool, detail: str, value=None, threshold=None) -> dict:
+    "One gate check as recorded: verdict, readable detail, the value measured and the threshold it met or missed."
+    return {"passed": bool(ok), "detail": detail, "value": value, "threshold": threshold}
+
+# %% ../nbs/35_registry.ipynb #e2c16faf
+def _gate_checks(name, cand, champ, gate: GateConfig, test) -> tuple[dict, dict]:
+    "The gate's checks of a candidate version against the champion (integrity, quality, parity, latency), and its numbers."
+    t, cv = cand.tags, str(cand.version)
+    f1 = _macro_f1(f"models:/{name}/{cv}", test) if test is not None else float(t["macro_f1"])
+    nums = {"challenger_macro_f1": f1, "delta_macro_f1": float(t["delta_macro_f1"]), "p95_ms": float(t["p95_ms"]),
+            "cpu_p95_ms": float(t["cpu_p95_ms"]) if "cpu_p95_ms" in t else None}
+    ok, detail = _integrity(name, cand)
+    if champ is not None and str(champ.version) != cv and test is None:  # the champion's recorded numbers count too
+        ok2, detail2 = _integrity(name, champ)
+        ok, detail = ok and ok2, f"{detail}; champion {detail2}"
+    checks = {"integrity": _check(ok, detail)}
+    if champ is None or str(champ.version) == cv:
+        ok = f1 >= gate.min_macro_f1
+        checks["quality"] = _check(ok, f"macro-F1 {f1:.4f} {'>=' if ok else '<'} the first-champion minimum "
+                                       f"{gate.min_macro_f1:.4f}", f1, gate.min_macro_f1)
+    else:
+        cf1 = _macro_f1(f"models:/{name}/{champ.version}", test) if test is not None else float(champ.tags["macro_f1"])
+        nums["champion_macro_f1"] = cf1
+        checks["quality"] = _check(f1 >= cf1 - gate.tolerance, f"macro-F1 {f1:.4f} vs champion v{champ.version} {cf1:.4f} "
+                                   f"({f1 - cf1:+.4f}; tolerance {gate.tolerance})", f1 - cf1, -gate.tolerance)
+    d = nums["delta_macro_f1"]
+    checks["parity"] = _check(d >= -gate.max_parity_drop, f"{t.get('variant')} vs fp32 macro-F1 {d:+.4f} "
+                              f"(budget -{gate.max_parity_drop})", d, -gate.max_parity_drop)
+    cpu = nums["cpu_p95_ms"]
+    lat, what = (cpu, "ms of CPU per text on one core") if cpu is not None else (nums["p95_ms"], "ms wall clock")
+    checks["latency"] = _check(lat <= gate.max_p95_ms, f"p95 {lat:.1f} {what} (budget {gate.max_p95_ms} ms; wall-clock p95 "
+                               f"{nums['p95_ms']:.1f} ms at registration)", lat, gate.max_p95_ms)
+    return checks, nums
+
+# %% ../nbs/35_registry.ipynb #070adf9d
 def promote(name: str,  # registered model name
             version: str | int | None = None,  # the candidate; default the `challenger` alias
             gate: GateConfig = GateConfig(),  # thresholds
             test: pl.DataFrame | None = None,  # labelled `text`/`label` frame to score challenger and champion on now
             alias: str = "champion",  # the alias to move
-           ) -> dict:  # the decision: promoted, reasons, numbers
-    "Move `alias` to the candidate if it passes the gate; record the decision on the version either way."
+            force: bool = False,  # move the alias even when a check fails (needs `reason`)
+            reason: str | None = None,  # why; required with `force`, kept in the audit trail
+            requested_by: str | None = None,  # who or what asks; default user@host and the command line
+           ) -> dict:  # the decision: promoted, forced or refused, with every check and number
+    "Move `alias` to the candidate if it passes the gate (or is forced, with a reason); record the sealed decision."
     from mlflow.exceptions import MlflowException
+    if force and not (reason or "").strip():
+        raise ValueError("force needs a reason: it is kept in the audit trail (e.g. --reason 'hotfix approved by ...')")
     client = _client()
     try: cand = client.get_model_version_by_alias(name, "challenger") if version is None else client.get_model_version(name, str(version))
-    except MlflowException as e: raise LookupError(f"no model version {name!r} {version or '@challenger'}: {e.message[:200]}") from e
+    except MlflowException as e: raise LookupError(f"no model version {name!r} {version or '@challenger'}: {e.message[:200]}; "
+                                                   f"{_versions_hint(name)}") from e
     try: champ = client.get_model_version_by_alias(name, alias)
     except MlflowException: champ = None
-    t, cv = cand.tags, str(cand.version)
-    missing = {"macro_f1", "delta_macro_f1", "p95_ms"} - set(t)
-    if missing: raise ValueError(f"{name} v{cv} lacks the tags {sorted(missing)}: register models with `workbench.registry.register` so the gate has their numbers")
-    f1 = _macro_f1(f"models:/{name}/{cand.version}", test) if test is not None else float(t["macro_f1"])
-    checks, nums = {}, {"challenger_macro_f1": f1, "delta_macro_f1": float(t["delta_macro_f1"]), "p95_ms": float(t["p95_ms"])}
-    if champ is None or str(champ.version) == cv:
-        checks["quality"] = (f1 >= gate.min_macro_f1, f"macro-F1 {f1:.4f} {'>=' if f1 >= gate.min_macro_f1 else '<'} the first-champion minimum {gate.min_macro_f1:.4f}")
-    else:
-        cf1 = _macro_f1(f"models:/{name}/{champ.version}", test) if test is not None else float(champ.tags["macro_f1"])
-        nums["champion_macro_f1"] = cf1
-        ok = f1 >= cf1 - gate.tolerance
-        checks["quality"] = (ok, f"macro-F1 {f1:.4f} vs champion v{champ.version} {cf1:.4f} ({f1 - cf1:+.4f}; tolerance {gate.tolerance})")
-    d = nums["delta_macro_f1"]
-    checks["parity"] = (d >= -gate.max_parity_drop, f"{t.get('variant')} vs fp32 macro-F1 {d:+.4f} (budget -{gate.max_parity_drop})")
-    checks["latency"] = (nums["p95_ms"] <= gate.max_p95_ms, f"p95 {nums['p95_ms']:.1f} ms (budget {gate.max_p95_ms} ms)")
-    promoted = all(ok for ok, _ in checks.values())
+    missing = {"macro_f1", "delta_macro_f1", "p95_ms"} - set(cand.tags)
+    if missing: raise ValueError(f"{name} v{cand.version} lacks the tags {sorted(missing)}: register models with "
+                                 "`workbench.registry.register` so the gate has their numbers")
+    before = alias_status(name, alias)
+    checks, nums = _gate_checks(name, cand, champ, gate, test)
+    passed = all(ch["passed"] for ch in checks.values())
+    cv = str(cand.version)
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # also a valid tag key (no "+")
-    decision = {"model": name, "version": cv, "decision": "promoted" if promoted else "refused", "at": now,
-                "champion_before": str(champ.version) if champ else None, "scored_on": "test frame" if test is not None else "registered metrics",
-                "checks": {k: {"passed": ok, "detail": msg} for k, (ok, msg) in checks.items()}, **nums, "gate": asdict(gate)}
-    if promoted: client.set_registered_model_alias(name, alias, cv)
-    reasons = "; ".join(f"{'pass' if ok else 'FAIL'} {k}: {msg}" for k, (ok, msg) in checks.items())
-    for k, v in {"gate.decision": decision["decision"], "gate.reasons": reasons, "gate.at": now, f"gate.{now}": json.dumps(decision)}.items():
-        client.set_model_version_tag(name, cv, k, v)
-    _log.info("%s v%s %s: %s", name, cv, decision["decision"], reasons)
+    decision = {"model": name, "version": cv, "decision": "promoted" if passed else "forced" if force else "refused",
+                "at": now, "alias": alias, "requested_by": requested_by or _requester(), "reason": reason,
+                "champion_before": str(champ.version) if champ else None, "alias_before": before,
+                "scored_on": "test frame" if test is not None else "registered metrics", "checks": checks, **nums,
+                "gate": asdict(gate), "loosened": gate.loosened()}
+    decision["seal"] = seal(decision)
+    if decision["decision"] != "refused": client.set_registered_model_alias(name, alias, cv)
+    reasons = _reasons(decision)
+    record = {"gate.decision": decision["decision"], "gate.reasons": reasons, "gate.at": now, f"gate.{now}": json.dumps(decision)}
+    for k, v in record.items(): client.set_model_version_tag(name, cv, k, v[:5000] if k == "gate.reasons" else v)
+    (_log.warning if decision["decision"] == "forced" or decision["loosened"] else _log.info)(
+        "%s v%s %s: %s", name, cv, decision["decision"], reasons)
     return decision
 
+# %% ../nbs/35_registry.ipynb #b06a1363
+def _reasons(decision: dict) -> str:
+    "A decision in one readable line: each check, loosened thresholds, a forced move and its reason."
+    out = "; ".join(f"{'pass' if ch['passed'] else 'FAIL'} {k}: {ch['detail']}" for k, ch in decision["checks"].items())
+    if decision["loosened"]:
+        out += "; thresholds loosened: " + ", ".join(f"{k} {v['used']} (default {v['default']})" for k, v in decision["loosened"].items())
+    if decision["decision"] == "forced": out += f"; FORCED by {decision['requested_by']}: {decision['reason']}"
+    return out
+
+# %% ../nbs/35_registry.ipynb #0c3c274e
+def _versions_hint(name: str) -> str:
+    "The versions that exist and how to promote one: for every 'no champion' message."
+    try: vs = sorted(int(mv.version) for mv in _client().search_model_versions(f"name='{name}'"))
+    except Exception: vs = []  # no registry or no model: the hint is only a hint
+    if not vs: return f"no version of {name!r} is registered yet; train one first (`workbench run train`)"
+    return (f"versions of {name!r}: {', '.join(map(str, vs))}; promote one with `workbench promote {name} {vs[-1]}` "
+            f"(add --force --reason '...' to override the gate)")
+
+# %% ../nbs/35_registry.ipynb #1c2b3747
+def _records(name: str) -> list[dict]:
+    "Every gate decision recorded on the versions of `name`, with `intact` (its seal holds) added."
+    out = []
+    for mv in _client().search_model_versions(f"name='{name}'"):
+        for k, v in mv.tags.items():
+            if not k.startswith("gate.20"): continue
+            r = json.loads(v)
+            given = r.pop("seal", None)
+            r["intact"] = given is not None and hmac.compare_digest(given, seal(r))
+            out.append(r)
+    return sorted(out, key=lambda r: (r["at"], r["version"]))
+
+# %% ../nbs/35_registry.ipynb #6dfcd021
 def audit_trail(name: str,  # registered model name
                ) -> pl.DataFrame:  # one row per gate decision, oldest first
-    "Every promotion decision recorded on the versions of `name`."
-    client = _client()
-    rows = [json.loads(v) for mv in client.search_model_versions(f"name='{name}'") for k, v in mv.tags.items() if k.startswith("gate.20")]
-    return pl.DataFrame([{"at": r["at"], "version": r["version"], "decision": r["decision"], "champion_before": r["champion_before"],
-                          "challenger_macro_f1": r["challenger_macro_f1"], "p95_ms": r["p95_ms"],
-                          "failed": ",".join(k for k, c in r["checks"].items() if not c["passed"])} for r in rows],
-                        schema={"at": pl.String, "version": pl.String, "decision": pl.String, "champion_before": pl.String,
-                                "challenger_macro_f1": pl.Float64, "p95_ms": pl.Float64, "failed": pl.String}).sort("at", "version")
+    "Every promotion decision recorded on the versions of `name`, with who asked, what failed and whether it is intact."
+    rows = [{"at": r["at"], "version": r["version"], "decision": r["decision"], "alias": r.get("alias", "champion"),
+             "champion_before": r["champion_before"], "challenger_macro_f1": r["challenger_macro_f1"], "p95_ms": r["p95_ms"],
+             "cpu_p95_ms": r.get("cpu_p95_ms"), "failed": ",".join(k for k, ch in r["checks"].items() if not ch["passed"]),
+             "loosened": ",".join(r.get("loosened") or {}), "requested_by": r.get("requested_by"), "reason": r.get("reason"),
+             "intact": r["intact"]} for r in _records(name)]
+    schema = {"at": pl.String, "version": pl.String, "decision": pl.String, "alias": pl.String, "champion_before": pl.String,
+              "challenger_macro_f1": pl.Float64, "p95_ms": pl.Float64, "cpu_p95_ms": pl.Float64, "failed": pl.String,
+              "loosened": pl.String, "requested_by": pl.String, "reason": pl.String, "intact": pl.Boolean}
+    return pl.DataFrame(rows, schema=schema)
+
+# %% ../nbs/35_registry.ipynb #01d5bfa1
+def alias_status(name: str,  # registered model name
+                 alias: str = "champion",  # the alias the gate moves
+                ) -> dict:  # alias, version, gated_version, outside_gate, detail
+    "Whether `alias` points where the gate last put it (an alias moved or removed with the MLflow client is not)."
+    from mlflow.exceptions import MlflowException
+    try: now = str(_client().get_model_version_by_alias(name, alias).version)
+    except MlflowException: now = None
+    moves = [r for r in _records(name) if r["decision"] in ("promoted", "forced") and r.get("alias", "champion") == alias]
+    intact = [r for r in moves if r["intact"]]
+    gated = intact[-1]["version"] if intact else None
+    outside = now != gated and (now is not None or gated is not None)
+    if not outside: detail = f"{alias} -> v{now}, as the gate set it" if now else f"no {alias} yet"
+    elif now is None: detail = f"{alias} was removed outside the gate (the gate last set it to v{gated})"
+    elif gated is None: detail = f"{alias} -> v{now} was set outside the gate (no gate decision ever moved it)"
+    else: detail = f"{alias} -> v{now} was moved outside the gate (the gate last set it to v{gated})"
+    if len(intact) < len(moves): detail += f"; {len(moves) - len(intact)} audit record(s) fail their seal"
+    return {"alias": alias, "version": now, "gated_version": gated, "outside_gate": outside, "detail": detail}
 
 # %% ../nbs/35_registry.ipynb #0b6e30f4
 def resolve_model(uri: str,  # `models:/NAME@ALIAS`, `models:/NAME/VERSION`, or a model folder
@@ -178,12 +329,18 @@ def resolve_model(uri: str,  # `models:/NAME@ALIAS`, `models:/NAME/VERSION`, or 
     from mlflow.exceptions import MlflowException
     if not uri.startswith("models:"):
         if not Path(uri).is_dir(): raise FileNotFoundError(f"no model folder at {uri!r}; give a folder or models:/NAME@ALIAS")
-        return {"uri": uri, "name": None, "version": None, "alias": None, "tags": {}}
+        return {"uri": uri, "name": None, "version": None, "alias": None, "tags": {}, "outside_gate": False}
     m = re.fullmatch(r"models:/([^/@]+)(?:@([\w-]+)|/(\d+))", uri)
     if not m: raise ValueError(f"bad model URI {uri!r}: use models:/NAME@ALIAS or models:/NAME/VERSION")
     name, alias, ver = m.groups()
     client = _client()
     try: mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, ver)
     except MlflowException as e:
-        raise LookupError(f"no model {uri!r} in {client.tracking_uri}: {e.message[:200]}; train and promote one first (`workbench run train`)") from None
-    return {"uri": f"models:/{name}/{mv.version}", "name": name, "version": str(mv.version), "alias": alias, "tags": dict(mv.tags)}
+        raise LookupError(f"no model {uri!r} in {client.tracking_uri}: {e.message[:200]}; {_versions_hint(name)}") from None
+    out = {"uri": f"models:/{name}/{mv.version}", "name": name, "version": str(mv.version), "alias": alias,
+           "tags": dict(mv.tags), "outside_gate": False}
+    if alias and alias != "challenger":  # the gate moves every other alias
+        st = alias_status(name, alias)
+        out["outside_gate"] = st["outside_gate"]
+        if st["outside_gate"]: _log.warning("%s: %s", name, st["detail"])
+    return out
