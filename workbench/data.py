@@ -165,8 +165,13 @@ def _scan_csv(path):
     records = count_records(path)
     polars_records = _polars_count(lf)
     if names == header and polars_records == records: return lf, names
-    _log.warning("%s: polars reads %s records, Python's csv module %d; reading the file with the csv module",
-                 path, polars_records, records)
+    ends = _line_ends(path)
+    if polars_records is not None and ends == {"LF", "CR"}:  # two readings of one file: neither is safe to take
+        raise ValueError(f"polars reads {polars_records} records where Python's csv module reads {records}: the file "
+                         "has lone CR characters between LF line ends; give it one kind of line end (e.g. `dos2unix`)")
+    why = "CR-only line ends" if ends == {"CR"} else "polars cannot parse it" if polars_records is None else "its header"
+    _log.warning("%s: read with Python's csv module (%s; polars reads %s records, the csv module %d)",
+                 path, why, polars_records, records)
     return _read_csv_module(path, header), header
 
 def _scan_parquet(path):
@@ -255,6 +260,20 @@ def _check_count(path: Path, lf: pl.LazyFrame):
     if got != want:
         raise ValueError(f"{path}: polars reads {got} records where the independent count finds {want}; "
                          "refusing the file rather than losing rows")
+
+# %% ../nbs/10_data.ipynb #8a58c03c
+def _line_ends(path: Path, chunk: int = 1 << 20) -> set[str]:
+    "The kinds of line end a file uses: LF (with or without a CR before it) and lone CR."
+    found, pending_cr = set(), False
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            if pending_cr and not block.startswith(b"\n"): found.add("CR")
+            if b"\n" in block: found.add("LF")
+            body = block[:-1] if block.endswith(b"\r") else block
+            if b"\r" in body.replace(b"\r\n", b""): found.add("CR")
+            pending_cr = block.endswith(b"\r")
+    if pending_cr: found.add("CR")
+    return found
 
 # %% ../nbs/10_data.ipynb #a56043be
 def _read_csv_module(path: Path, header: list[str]) -> pl.LazyFrame:
