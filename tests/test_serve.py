@@ -164,6 +164,30 @@ def test_bad_input_gets_clear_errors(server):
     assert post(server, {"text": "still serving after all that"}).status_code == 200
 
 
+def test_non_json_bodies_get_422_not_500(server):
+    "NaN, Infinity, numbers beyond a float, unpaired surrogates, bytes that are not UTF-8: Python's json takes them, JSON does not."
+    bodies = {"nan in texts": b'{"texts": [NaN]}', "nan as text": b'{"text": NaN}',
+              "infinity in metadata": b'{"text": "hi", "metadata": {"a": Infinity}}',
+              "-infinity in ids": b'{"text": "hi", "ids": [-Infinity]}', "nan in metadata": b'{"text": "hi", "metadata": {"a": NaN}}',
+              "overflow": b'{"text": "hi", "metadata": {"a": 1e999}}', "surrogate in ids": rb'{"text": "hi", "ids": ["\udfff"]}',
+              "surrogate in a metadata key": rb'{"text": "hi", "metadata": {"\ud800": "x"}}', "not utf-8": b'{"text": "\xff\xfe"}'}
+    json_h = {**H, "Content-Type": "application/json"}
+    answers = {k: requests.post(f"{server.url}/predict", data=b, headers=json_h, timeout=10) for k, b in bodies.items()}
+    assert {k: a.status_code for k, a in answers.items()} == {k: 422 for k in bodies}, {k: a.text[:200] for k, a in answers.items()}
+    for k, a in answers.items():
+        d = a.json()["detail"][0]
+        assert d["type"] == "json_invalid" and d["msg"] == "JSON decode error", (k, d)
+    assert "NaN is not JSON" in answers["nan in texts"].json()["detail"][0]["ctx"]["error"]
+    assert "-Infinity is not JSON" in answers["-infinity in ids"].json()["detail"][0]["ctx"]["error"]
+    assert "1e999" in answers["overflow"].json()["detail"][0]["ctx"]["error"]
+    assert "surrogate" in answers["surrogate in ids"].json()["detail"][0]["ctx"]["error"]
+    assert "UTF-8" in answers["not utf-8"].json()["detail"][0]["ctx"]["error"]
+    for ctype, raw in (("text/plain", b"\xff\xfe"), ("application/x-www-form-urlencoded", b"a=\xff")):  # input that is not text
+        r = requests.post(f"{server.url}/predict", data=raw, headers={**H, "Content-Type": ctype}, timeout=10)
+        assert r.status_code == 422 and "input" not in r.json()["detail"][0], (ctype, r.text[:200])
+    assert post(server, {"text": "fine", "metadata": {"score": 1.5e300}}).status_code == 200  # large finite numbers are JSON
+
+
 def test_reload_when_the_alias_moves_drops_no_request(registry, server):
     from workbench.registry import register
     versions, codes, stop = [], [], threading.Event()
@@ -255,3 +279,119 @@ def test_bad_start_up_stops_with_a_clear_error(registry, tmp_path):
     r = subprocess.run([str(Path(sys.executable).parent / "workbench"), "serve", "--api-key-file", str(tmp_path / "missing")],
                        env={**os.environ, "WORKBENCH_HOME": str(registry["ws"])}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "api_key_file" in r.stderr and "does not exist" in r.stderr, r.stderr
+
+
+SENT = {"email": "jane.doe@example.com", "phone": "4155552671", "card": "4111.1111.1111.1111"}
+
+
+def pii_in_log(log: pl.DataFrame) -> list[tuple[str, str, str]]:
+    "(column, kind, value) of the PII `find_pii` sees in the log's string columns (digits inside a hex digest do not count)."
+    import re
+    from workbench.pii import find_pii
+    found = []
+    for col in [c for c, t in log.schema.items() if t == pl.String]:
+        for cell in log[col].drop_nulls().to_list():
+            hexes = [m.group() for m in re.finditer(r"[0-9a-f]{32,}", cell)]
+            found += [(col, kind, v) for kind, v in find_pii(cell) if not any(v in h for h in hexes)]
+    return found
+
+
+@pytest.mark.parametrize("mode", ["redacted", "hash", "none"])
+def test_client_fields_reach_the_log_only_as_log_text_says(registry, mode):
+    "PII in metadata (keys, values, numbers), ids and X-Request-ID never reaches the inference log, in any log_text mode."
+    import hashlib
+    from workbench.pii import find_pii
+    from workbench.serve import read_inference_log
+    assert all(find_pii(v) for v in SENT.values())  # the rules do see what is sent
+    log_dir = registry["ws"] / f"log-pii-{mode}"
+    s = Server(registry["ws"], "--model", "models:/tickets/1", "--log-text", mode, "--log-dir", log_dir,
+               "--log-flush-s", "0.2")
+    sent = []
+    try:
+        for k, v in SENT.items():
+            body = {"texts": [f"call me at {SENT['phone']}", "the app crashes on login"], "ids": [v, f"ticket-{k}"],
+                    "metadata": {"channel": "email", "contact": v, v: "pii in a key", "callback": 4155552671, "tier": 2}}
+            r = post(s, body, headers={**H, "X-Request-ID": f"req {v}"})
+            assert r.status_code == 200, r.text
+            assert [p["id"] for p in r.json()["predictions"]] == body["ids"]  # the client gets its own ids back, as sent
+            assert r.headers["X-Request-ID"] == r.json()["request_id"] == f"req {v}"
+            sent.append(body)
+    finally: assert s.stop() == -signal.SIGTERM
+    log = read_inference_log(log_dir).collect()
+    assert log.height == 2 * len(SENT)
+    assert pii_in_log(log) == []
+    cells = "\n".join(str(x) for col in log.columns for x in log[col].to_list())
+    for v in SENT.values(): assert "".join(c for c in v if c.isalnum()) not in "".join(c for c in cells if c.isalnum())
+    sha = lambda x: hashlib.sha256(x.encode()).hexdigest()
+    if mode == "redacted":
+        assert set(log["id"]) == {"[EMAIL]", "[PHONE]", "[CARD]", "ticket-email", "ticket-phone", "ticket-card"}
+        assert set(log["request_id"]) == {"req [EMAIL]", "req [PHONE]", "req [CARD]"}
+        meta = json.loads(log.filter(pl.col("id") == "[EMAIL]")["metadata"][0])
+        assert meta == {"channel": "email", "contact": "[EMAIL]", "[EMAIL]": "pii in a key", "callback": "[PHONE]", "tier": 2}
+    if mode == "hash":  # whoever has the original can still join
+        assert set(log["id"]) == {sha(x) for b in sent for x in b["ids"]}
+        assert set(log["request_id"]) == {sha(f"req {v}") for v in SENT.values()}
+        meta = json.loads(log.filter(pl.col("id") == sha(SENT["email"]))["metadata"][0])
+        assert meta[sha("channel")] == sha("email") and meta[sha("tier")] == sha("2") and len(meta) == 5
+    if mode == "none":
+        assert log["id"].null_count() == log["metadata"].null_count() == log["text"].null_count() == log.height
+        assert log["request_id"].n_unique() == len(SENT) and log["request_id"].str.contains(r"^[0-9a-f]{32}$").all()
+
+
+@pytest.fixture(scope="module")
+def guarded(registry):
+    "A server with short deadlines for bodies (1 s) and headers (3 s), and a cap of 6 connections."
+    s = Server(registry["ws"], "--model", "models:/tickets/1", "--no-log", "--body-timeout-s", "1", "--header-timeout-s", "3",
+               "--max-connections", "6")
+    yield s
+    s.stop()
+
+
+def read_all(sock: socket.socket, limit_s: float) -> tuple[bytes, float, bool]:
+    "Everything the server sends until it closes the connection (or `limit_s` passes): (bytes, seconds, closed)."
+    sock.settimeout(limit_s)
+    t0, got = time.monotonic(), b""
+    try:
+        while chunk := sock.recv(65536): got += chunk
+    except socket.timeout: return got, time.monotonic() - t0, False
+    except ConnectionResetError: pass
+    return got, time.monotonic() - t0, True
+
+
+def test_a_slow_body_gets_408_and_its_connection_closed(guarded):
+    with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
+        sock.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 1000000\r\n\r\n".encode() + b'{"text": "')  # 10 of 1,000,000 bytes
+        got, seconds, closed = read_all(sock, 30)
+    assert got.startswith(b"HTTP/1.1 408 "), got[:200]
+    assert b"body_timeout_s" in got and closed and seconds < 1 + 10
+    assert post(guarded, {"text": "still serving"}).status_code == 200
+
+
+def test_slow_headers_get_408_and_their_connection_closed(guarded):
+    with socket.create_connection(("127.0.0.1", guarded.port)) as sock:  # slowloris: a header byte every 0.2 s, never done
+        t0, got, closed = time.monotonic(), b"", False
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        while time.monotonic() - t0 < 20 and not closed:
+            chunk, _, closed = read_all(sock, 0.2)
+            got += chunk
+            if closed or got: continue
+            try: sock.sendall(b"X")
+            except OSError: break
+    assert closed and time.monotonic() - t0 < 3 + 10, "the connection was held"
+    assert got.startswith(b"HTTP/1.1 408 ") and b"header_timeout_s" in got, got[:200]
+    with requests.Session() as session:  # a well-behaved client keeps its connection across requests
+        codes = [session.post(f"{guarded.url}/predict", json={"text": "hi"}, headers=H, timeout=10).status_code for _ in range(3)]
+    assert codes == [200] * 3
+
+
+def test_connections_beyond_the_cap_get_503_at_once(guarded):
+    idle = [socket.create_connection(("127.0.0.1", guarded.port)) for _ in range(6)]  # the cap: 6 connections
+    try:
+        time.sleep(0.2)
+        r = requests.post(f"{guarded.url}/predict", json={"text": "hi"}, headers=H, timeout=10)
+        assert r.status_code == 503 and r.headers.get("connection") == "close"
+    finally:
+        for s in idle: s.close()
+    t0 = time.monotonic()
+    while post(guarded, {"text": "room again"}).status_code != 200: assert time.monotonic() - t0 < 10; time.sleep(0.1)

@@ -4,7 +4,8 @@
 
 # %% ../nbs/50_serve.ipynb #e38ef055
 from __future__ import annotations
-import asyncio, collections, contextlib, datetime as dt, hashlib, hmac, json, logging, os, signal, socket, threading, time, uuid
+import asyncio, collections, contextlib, datetime as dt, hashlib, hmac, json, logging, math, os, re
+import signal, socket, threading, time, uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,16 +14,21 @@ from typing import Callable, Literal
 import numpy as np
 import polars as pl
 from fastapi import Depends, FastAPI, HTTPException, Request, Response  # module level: FastAPI resolves the handlers' annotations here
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .config import workspace
 from .infer import _text_error
+from .pii import redact_pii, redact_series
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['Scalar', 'ServeConfig', 'api_key', 'prepare_texts', 'length_buckets', 'Overloaded', 'MicroBatcher', 'ModelHolder',
-           'InferenceLog', 'read_inference_log', 'Metrics', 'Measure', 'PredictRequest', 'create_app', 'serve']
+           'InferenceLog', 'read_inference_log', 'log_fields', 'Metrics', 'strict_json', 'StrictJSONRoute',
+           'BodyTimeout', 'header_timeout_protocol', 'uvicorn_options', 'Measure', 'PredictRequest', 'create_app',
+           'serve']
 
 # %% ../nbs/50_serve.ipynb #e0d30ef2
 @dataclass(frozen=True)
@@ -38,23 +44,27 @@ class ServeConfig:
     max_chars: int = 20_000  # characters per text (422 beyond)
     max_body_bytes: int = 1_000_000  # request body size (413 beyond)
     request_timeout_s: float = 30.0  # a request that waits longer for its batch gets a 503
+    body_timeout_s: float = 10.0  # seconds to send a request body once its headers are in (408, connection closed)
+    header_timeout_s: float = 10.0  # seconds to send a request's headers, from its first byte (408, connection closed)
+    max_connections: int = 512  # open connections at most, this one included (503 beyond); keep it under `ulimit -n`
     api_key_env: str = "WORKBENCH_API_KEY"  # environment variable with the API key
     api_key_file: str = ""  # a file with the API key (wins over the variable)
     reload_poll_s: float = 30.0  # how often to check whether the alias moved; 0: only on SIGHUP or POST /admin/reload
     threads: int = 0  # intra-op threads for inference; 0: torch's default
     log: bool = True  # write the inference log
     log_dir: str = ""  # default <workspace>/inference_log
-    log_text: Literal["redacted", "hash", "none"] = "redacted"  # what the log keeps of each text
+    log_text: Literal["redacted", "hash", "none"] = "redacted"  # what the log keeps of texts, ids, metadata
     log_flush_s: float = 1.0  # how often buffered log rows are written
     log_rotate_s: float = 300.0  # a log file is closed (as Parquet) after this many seconds...
     log_rotate_mb: float = 64.0  # ...or this many MB, whichever comes first
 
     def __post_init__(self):
-        for k in ("max_batch_size", "max_queue", "max_texts", "max_chars", "max_body_bytes"):
+        for k in ("max_batch_size", "max_queue", "max_texts", "max_chars", "max_body_bytes", "max_connections"):
             if getattr(self, k) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("max_wait_ms", "reload_poll_s", "threads"):
             if getattr(self, k) < 0: raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
-        for k in ("request_timeout_s", "log_flush_s", "log_rotate_s", "log_rotate_mb"):
+        for k in ("request_timeout_s", "body_timeout_s", "header_timeout_s",
+                  "log_flush_s", "log_rotate_s", "log_rotate_mb"):
             if getattr(self, k) <= 0: raise ValueError(f"{k} must be > 0, got {getattr(self, k)}")
         if self.max_queue < self.max_texts:
             raise ValueError(f"max_queue ({self.max_queue}) < max_texts ({self.max_texts}): a full-size request could never be admitted; raise max_queue")
@@ -77,7 +87,7 @@ def api_key(cfg: ServeConfig) -> str | None:
 def prepare_texts(texts: list[str],  # raw texts from a request
                  ) -> list[str | None]:  # cleaned and redacted; None where nothing is left
     "Clean and redact texts like `workbench.data` curates them."
-    from workbench.data import clean_text, redact_pii
+    from workbench.data import clean_text
     return pl.select(redact_pii(clean_text(pl.lit(pl.Series("t", texts, dtype=pl.String))))).to_series().to_list()
 
 # %% ../nbs/50_serve.ipynb #a9a87e40
@@ -414,6 +424,35 @@ def read_inference_log(folder: str | Path | None = None,  # the log folder; defa
     if until: lf = lf.filter(pl.col("ts") < until)
     return lf.sort("ts")
 
+# %% ../nbs/50_serve.ipynb #b40097f8
+def _hashed(values: list[str | None]) -> list[str | None]:
+    "sha256 hex of each value's UTF-8 text; None stays None."
+    return [None if v is None else hashlib.sha256(v.encode()).hexdigest() for v in values]
+
+def _redacted(values: list[str | None]) -> list[str | None]:
+    "Each value with PII replaced by typed placeholders (one pass of `redact_series` for all of them)."
+    return redact_series(pl.Series(values, dtype=pl.String)).to_list()
+
+def log_fields(log_text: Literal["redacted", "hash", "none"],  # `ServeConfig.log_text`
+               request_id: str,  # the request id the answer carries
+               from_client: bool,  # whether the client chose it (X-Request-ID)
+               ids: list[str | None],  # the client's id of each text (None where it gave none)
+               metadata: dict | None,  # the client's metadata
+              ) -> dict:  # request_id, ids, metadata (a JSON string or None): what the log keeps
+    "What the inference log keeps of the fields the client chose, by the same rule as the text."
+    if log_text == "none":
+        ours = uuid.uuid4().hex if from_client else request_id  # the client's request id is not kept either
+        return {"request_id": ours, "ids": [None] * len(ids), "metadata": None}
+    meta = metadata or {}
+    as_text = [v if isinstance(v, str) else json.dumps(v) for v in meta.values()]
+    rid = [request_id] if from_client or log_text == "hash" else []
+    done = iter((_hashed if log_text == "hash" else _redacted)(rid + list(ids) + list(meta) + as_text))
+    out_rid = next(done) if rid else request_id
+    out_ids, keys, values = [next(done) for _ in ids], [next(done) for _ in meta], list(done)
+    if log_text == "redacted":  # a number or boolean without PII stays what it was
+        values = [v if not isinstance(v, str) and b == a else b for v, a, b in zip(meta.values(), as_text, values)]
+    return {"request_id": out_rid, "ids": out_ids, "metadata": json.dumps(dict(zip(keys, values))) if meta else None}
+
 # %% ../nbs/50_serve.ipynb #6300f6ac
 class Metrics:
     "The service's Prometheus metrics, in a registry of its own."
@@ -437,6 +476,147 @@ class Metrics:
     def render(self) -> bytes:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
+
+# %% ../nbs/50_serve.ipynb #e55c3360
+class _NotJSON(ValueError):
+    "A token that Python's json reads and JSON does not have."
+
+def _no_constant(token: str):
+    raise _NotJSON(token)
+
+def _finite(token: str) -> float:
+    x = float(token)
+    if not math.isfinite(x): raise _NotJSON(token)
+    return x
+
+def _where(text: str, token: str) -> int:
+    "Where `token` first stands outside a string in `text` (0 if nowhere)."
+    for m in re.finditer(r'"(?:\\.|[^"\\])*"|' + re.escape(token), text):
+        if m.group() == token: return m.start()
+    return 0
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_HIGH, _LOW = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+_SURROGATE_ESCAPE = re.compile(f"{_HIGH}({_LOW})?|{_LOW}")  # group 1: the low half that pairs a high one
+
+def _unpaired_surrogate(value) -> bool:
+    "Whether a parsed JSON value holds a string (or key) with half of a UTF-16 pair in it."
+    stack = [value]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str) and _SURROGATE.search(x): return True
+        if isinstance(x, dict): stack += [*x, *x.values()]
+        elif isinstance(x, list): stack += x
+    return False
+
+def strict_json(body: bytes,  # a request body
+               ) -> object:  # the parsed value
+    "Parse JSON as RFC 8259 has it: UTF-8, no NaN or Infinity, no number beyond a float, no unpaired surrogate."
+    try: text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise json.JSONDecodeError(f"the body is not UTF-8 ({e.reason}); send UTF-8", "", e.start) from None
+    try: value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except json.JSONDecodeError: raise
+    except _NotJSON as e:
+        msg = f"{e} is not JSON, which has no NaN or Infinity; send a finite number, a string or null"
+        raise json.JSONDecodeError(msg, text, _where(text, str(e))) from None
+    except RecursionError: raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    except ValueError as e: raise json.JSONDecodeError(str(e), text, 0) from None  # e.g. an integer of over 4300 digits
+    if "\\u" in text and _unpaired_surrogate(value):
+        at = next((m.start() for m in _SURROGATE_ESCAPE.finditer(text) if m.group(1) is None), 0)
+        msg = "an unpaired surrogate escape (half of a UTF-16 pair) is not text; send the whole pair"
+        raise json.JSONDecodeError(msg, text, at)
+    return value
+
+# %% ../nbs/50_serve.ipynb #d00f2e98
+class _StrictJSONRequest(Request):
+    async def json(self):
+        if not hasattr(self, "_json"): self._json = strict_json(await self.body())
+        return self._json
+
+class StrictJSONRoute(APIRoute):
+    "A FastAPI route that parses JSON bodies with `strict_json`: what JSON does not have is a 422, never a 500."
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+        async def strict(request: Request) -> Response:
+            return await handler(_StrictJSONRequest(request.scope, request.receive))
+        return strict
+
+# %% ../nbs/50_serve.ipynb #aa0e0712
+def _announces_body(scope) -> bool:
+    "Whether the request says a body follows: a Content-Length above 0, or a chunked transfer."
+    headers = dict(scope["headers"])
+    return headers.get(b"content-length", b"0").strip() not in (b"0", b"") or b"transfer-encoding" in headers
+
+class BodyTimeout:
+    "ASGI middleware: the body must arrive within `timeout_s` of the headers (408, connection closed)."
+    def __init__(self, app, timeout_s: float = 10.0): self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http": return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline, unread = loop.time() + self.timeout_s, _announces_body(scope)
+        async def receiving():
+            nonlocal unread
+            if not unread: return await receive()  # the body is in: waiting for a disconnect has no deadline
+            try: message = await asyncio.wait_for(receive(), deadline - loop.time())
+            except TimeoutError:
+                raise HTTPException(408, f"request body not received within {self.timeout_s} s (body_timeout_s)",
+                                    headers={"Connection": "close"}) from None
+            unread = message["type"] == "http.request" and message.get("more_body", False)
+            return message
+        async def sending(message):
+            headers = message.get("headers", [])
+            closes = any(k.lower() == b"connection" for k, _ in headers)
+            if message["type"] == "http.response.start" and unread and not closes:  # the rest of the body is not read
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+        await self.app(scope, receiving, sending)
+
+# %% ../nbs/50_serve.ipynb #83e1a514
+def header_timeout_protocol(timeout_s: float = 10.0,  # seconds a client has for a request's headers
+                           ) -> type:  # an asyncio protocol class for `uvicorn.Config(http=...)`
+    "uvicorn's h11 protocol with a deadline for request headers: a slow client gets a 408 and is disconnected."
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    text = f"request headers not received within {timeout_s} s (header_timeout_s)".encode()
+    answer = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+    answer += b"content-length: %d\r\n\r\n%s" % (len(text), text)
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes):
+            if self._deadline is None and self.conn.their_state is h11.IDLE:  # a new request on a kept-alive connection
+                self._arm()
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE: self._disarm()  # the headers are in
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self): self._deadline = self.loop.call_later(timeout_s, self._expired)
+
+        def _disarm(self):
+            if self._deadline is not None: self._deadline.cancel()
+            self._deadline = None
+
+        def _expired(self):
+            self._deadline = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.write(answer)
+                self.transport.close()
+    return HeaderTimeoutProtocol
+
+# %% ../nbs/50_serve.ipynb #6c832013
+def uvicorn_options(cfg: ServeConfig) -> dict:  # keyword arguments for `uvicorn.run` or `uvicorn.Config`
+    "uvicorn's part of the service's protection: the deadline for headers and the cap on connections."
+    return {"http": header_timeout_protocol(cfg.header_timeout_s), "limit_concurrency": cfg.max_connections}
 
 # %% ../nbs/50_serve.ipynb #bd6b9b73
 class Measure:
@@ -483,6 +663,11 @@ class PredictRequest(BaseModel):
 # %% ../nbs/50_serve.ipynb #f2fb5897
 def _unprocessable(problems: list[tuple[list, str]]):
     return HTTPException(422, [{"loc": loc, "msg": msg, "type": "value_error"} for loc, msg in problems])
+
+def _without_input(errors: list[dict]) -> list[dict]:
+    "Validation errors without the `input` FastAPI echoes (it may be bytes that are not UTF-8, or a megabyte)."
+    from fastapi.encoders import jsonable_encoder
+    return jsonable_encoder([{k: v for k, v in e.items() if k != "input"} for e in errors])
 
 def create_app(cfg: ServeConfig,  # how to serve
                holder: ModelHolder | None = None,  # a loaded model; default: load `cfg.model`
@@ -550,6 +735,12 @@ def create_app(cfg: ServeConfig,  # how to serve
 
     app = FastAPI(title="workbench", version=workbench.__version__, lifespan=lifespan, max_body_size=cfg.max_body_bytes,
                   description="Text classification with the registered model. Every answer names the model version that produced it.")
+    app.router.route_class = StrictJSONRoute  # before the routes: bodies are RFC 8259 JSON
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):  # FastAPI's handler echoes the input: a 500 on bytes that are not UTF-8
+        metrics.errors.labels("validation").inc()
+        return JSONResponse({"detail": _without_input(exc.errors())}, 422)
 
     @app.exception_handler(413)
     async def too_large(request, exc):  # FastAPI's own body limit says only "Content Too Large": say which limit
@@ -574,7 +765,8 @@ def create_app(cfg: ServeConfig,  # how to serve
     @app.post("/predict", dependencies=[Depends(authorized)], summary="Classify one text or a list of texts")
     async def predict(body: PredictRequest, request: Request):
         t0 = time.perf_counter()
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        given = request.headers.get("x-request-id") or None  # the client's: echoed, logged as log_text says
+        rid = given or uuid.uuid4().hex
         items = body.items
         if not state["ready"]: raise HTTPException(503, "not ready: starting or shutting down", headers={"Retry-After": "1"})
         if len(items) > cfg.max_texts: raise HTTPException(413, f"{len(items)} texts in one request; at most {cfg.max_texts} (max_texts)")
@@ -597,8 +789,11 @@ def create_app(cfg: ServeConfig,  # how to serve
         ids = body.ids or [None] * len(items)
         for r in results: metrics.predictions.labels(r["label"]).inc()
         if ilog:
-            now, meta = dt.datetime.now(dt.timezone.utc), json.dumps(body.metadata) if body.metadata else None
-            ilog.append([{"ts": now, "request_id": rid, "item": i, "id": ids[i], "model_name": r["name"], "model_version": r["version"],
+            loop = asyncio.get_running_loop()  # redaction of a long id must not hold up the event loop
+            kept = await loop.run_in_executor(None, log_fields, cfg.log_text, rid, bool(given), ids, body.metadata)
+            now, meta = dt.datetime.now(dt.timezone.utc), kept["metadata"]
+            ilog.append([{"ts": now, "request_id": kept["request_id"], "item": i, "id": kept["ids"][i],
+                          "model_name": r["name"], "model_version": r["version"],
                           "variant": r["variant"], "text": r["text"] if cfg.log_text == "redacted" else None,
                           "text_sha256": hashlib.sha256(r["text"].encode()).hexdigest() if cfg.log_text == "hash" else None,
                           "n_chars": len(r["text"]), "n_tokens": r["tokens"], "truncated": r["truncated"], "prediction": r["label"],
@@ -632,7 +827,8 @@ def create_app(cfg: ServeConfig,  # how to serve
         from prometheus_client import CONTENT_TYPE_LATEST
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(Measure, metrics=metrics)
+    app.add_middleware(BodyTimeout, timeout_s=cfg.body_timeout_s)
+    app.add_middleware(Measure, metrics=metrics)  # added last: the outermost, so it counts the 408s too
     app.state.holder, app.state.metrics, app.state.log, app.state.cfg = holder, metrics, ilog, cfg
     return app
 
@@ -646,4 +842,5 @@ def serve(cfg: ServeConfig,  # how to serve
     "Load the model and serve it with uvicorn until SIGTERM or Ctrl-C."
     import uvicorn
     app = create_app(cfg)
-    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=graceful_s, access_log=access_log, log_level="info")  # info: the URL it serves on
+    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=graceful_s, access_log=access_log,
+                log_level="info", **uvicorn_options(cfg))  # info: the URL it serves on
