@@ -4,12 +4,18 @@
 
 # %% ../nbs/70_dashboard.ipynb #b0b00e24
 from __future__ import annotations
-import datetime as dt, html, json, logging, re
+import datetime as dt, hmac, html, json, logging, math, re, secrets, sys, time
 from pathlib import Path
+from typing import Callable
 
 import panel as pn
 import param
 import polars as pl
+from panel.auth import BasicAuthProvider, BasicLoginHandler, LogoutHandler
+from panel.config import config as pn_config
+from panel.io.resources import CDN_DIST, COMPONENT_PATH
+from panel.io.server import AuthenticatedStaticFileHandler, ComponentResourceHandler
+from tornado.web import HTTPError
 
 from .config import workspace
 
@@ -17,9 +23,10 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['TTL', 'PAGES', 'load_models', 'load_datasets', 'load_runs', 'load_training', 'load_monitoring', 'load_slo',
-           'notebook_html', 'model_card_path', 'empty', 'table', 'line_chart', 'bar_chart', 'guarded', 'status_badge',
-           'Page', 'Overview', 'Data', 'Training', 'Inference', 'Monitoring', 'Governance', 'Jobs', 'explain_text',
-           'Explore', 'app', 'serve']
+           'notebook_html', 'model_card_path', 'md_text', 'empty', 'table', 'line_chart', 'bar_chart', 'guarded',
+           'status_badge', 'model_card_pane', 'Page', 'Overview', 'Data', 'Training', 'Inference', 'Monitoring',
+           'Governance', 'Jobs', 'explain_text', 'Explore', 'LoginThrottle', 'Sessions', 'DashboardAuth', 'app',
+           'serve']
 
 # %% ../nbs/70_dashboard.ipynb #a269bfe3
 TTL = 30  # seconds a loader's result is reused
@@ -135,10 +142,20 @@ def model_card_path(name: str, version) -> Path:
     "Where the govern job writes a version's model card."
     return workspace("model_cards", create=False) / name / f"v{version}" / "model_card.html"
 
+# %% ../nbs/70_dashboard.ipynb #ebbd3b8c
+_MD_PUNCT = re.compile(r"([!#$%()*+,\-./:;=?@\[\\\]^_`{|}~])")  # the ASCII punctuation that html.escape leaves alone
+
+def md_text(value: object,  # a value from data or a user: a name, a label, a message, a path
+           ) -> str:  # Markdown that shows `value` literally
+    "`value` as plain text inside Markdown: no HTML, no Markdown syntax, its white space as single spaces."
+    one_line = " ".join(str(value).split())  # no line breaks, nor an indent that Markdown reads as code
+    return html.escape(_MD_PUNCT.sub(r"\\\1", one_line))
+
 # %% ../nbs/70_dashboard.ipynb #96805f6f
 def empty(what: str, command: str) -> pn.pane.Alert:
     "The note a page shows when its data does not exist yet."
-    return pn.pane.Alert(f"**No {what} yet.** Run `{command}` and reload this page.", alert_type="info", css_classes=["wb-empty"])
+    return pn.pane.Alert(f"**No {md_text(what)} yet.** Run `{command}` and reload this page.", alert_type="info",
+                         css_classes=["wb-empty"])
 
 def table(df: pl.DataFrame, name: str, height: int | None = None) -> pn.Column:
     "A table with a CSV download of exactly what it shows."
@@ -191,12 +208,27 @@ def guarded(fn):
         try: return fn(*args, **kwargs)
         except Exception as e:
             _log.exception("%s failed", getattr(fn, "__name__", fn))
-            return pn.pane.Alert(f"{type(e).__name__}: {e}", alert_type="danger")
+            return pn.pane.Alert(f"{type(e).__name__}: {md_text(e)}", alert_type="danger")
     return run
 
 def status_badge(status: str | None) -> str:
+    "A coloured label for a monitoring status (HTML; the status escaped)."
     colour = _STATUS_COLOURS.get(status or "", "#6b7280")
-    return f'<span class="wb-status" style="background:{colour};color:white;padding:2px 10px;border-radius:10px;font-weight:600">{status or "unknown"}</span>'
+    style = f"background:{colour};color:white;padding:2px 10px;border-radius:10px;font-weight:600"
+    return f'<span class="wb-status" style="{style}">{html.escape(status or "unknown")}</span>'
+
+# %% ../nbs/70_dashboard.ipynb #62d8171f
+_CARD_CSS = ("table{border-collapse:collapse;margin:.5rem 0}"
+             "td,th{border:1px solid #d1d5db;padding:.25rem .6rem;text-align:left}th{background:#f3f4f6}"
+             "code{background:#f3f4f6;padding:0 .2rem;border-radius:3px;font-size:.9em}h1{font-size:1.6rem}")
+
+def model_card_pane(path: str | Path,  # a model card page (`workbench.govern.write_model_card`)
+                   ) -> pn.pane.HTML:
+    "The body of a model card page, sanitized (no script, no event handler, no style of its own), with card styles."
+    page = Path(path).read_text()
+    body = re.search(r"<body[^>]*>(.*)</body>", page, flags=re.S | re.I)
+    return pn.pane.HTML(body.group(1) if body else page, sanitize_html=True, stylesheets=[_CARD_CSS],
+                        sizing_mode="stretch_width", css_classes=["wb-card"])
 
 # %% ../nbs/70_dashboard.ipynb #ddcdf413
 def _models() -> list[str]: return sorted(set(load_models()["name"]))
@@ -237,7 +269,7 @@ class Page(pn.viewable.Viewer):
         try: return self.content()
         except Exception as e:  # a page with broken data says so; the other pages keep working
             _log.exception("page %s failed", self.title)
-            return pn.pane.Alert(f"This page could not be built: {type(e).__name__}: {e}", alert_type="danger")
+            return pn.pane.Alert(f"This page could not be built: {type(e).__name__}: {md_text(e)}", alert_type="danger")
 
 class Overview(Page):
     title = "Overview"
@@ -253,9 +285,12 @@ class Overview(Page):
             pn.indicators.Number(name="p95 latency (ms)", value=round(row["p95_ms"] or 0, 1), format="{value:.1f}", font_size="28pt", css_classes=["wb-kpi"]),
             pn.indicators.Number(name="USD per million", value=round(row["usd_per_million"] or 0, 3), format="${value:.2f}", font_size="28pt", css_classes=["wb-kpi"]))
         status = pn.pane.HTML(f"<b>Monitoring status</b> {status_badge(last['status'] if last else None)} "
-                              + (f"({last['recommendation']}, {last['created']:%Y-%m-%d %H:%M} UTC, {last['rows']} rows)" if last else "no monitoring run yet: <code>workbench run monitor</code>"))
+                              + (f"({html.escape(str(last['recommendation']))}, {last['created']:%Y-%m-%d %H:%M} UTC, "
+                                 f"{last['rows']} rows)" if last else
+                                 "no monitoring run yet: <code>workbench run monitor</code>"))
         runs = load_runs().head(10)
-        return pn.Column(f"**{self.model}** version {row['version']} ({row['variant']}), aliases: {row['aliases'] or 'none'}; gate: {row['gate']}",
+        return pn.Column(f"**{md_text(self.model)}** version {row['version']} ({md_text(row['variant'])}), "
+                         f"aliases: {md_text(row['aliases'] or 'none')}; gate: {md_text(row['gate'])}",
                          cards, status, "### Last runs", table(runs.select("run_id", "pipeline", "status", "created", "seconds", "failed_step"), "runs") if runs.height else empty("pipeline run", "workbench run main"))
 
 class Data(Page):
@@ -271,7 +306,9 @@ class Data(Page):
             labels = pl.DataFrame({"label": list(d["labels"]), "rows": list(d["labels"].values())}) if d.get("labels") else None
             reasons = pl.DataFrame({"reason": list(d["quarantine_reasons"]), "rows": list(d["quarantine_reasons"].values())}) if d.get("quarantine_reasons") else None
             pii = pl.DataFrame({"kind": list(d.get("pii_redacted", {})), "redacted": list(d.get("pii_redacted", {}).values())})
-            parts += [f"### {d['dataset']}", f"Rows: {d['rows']['in']} in = {d['rows']['curated']} curated + {d['rows']['quarantined']} quarantined + {d['rows']['duplicates']} duplicates",
+            parts += [f"### {md_text(d['dataset'])}",
+                      md_text(f"Rows: {d['rows']['in']} in = {d['rows']['curated']} curated "
+                              f"+ {d['rows']['quarantined']} quarantined + {d['rows']['duplicates']} duplicates"),
                       pn.Row(table(labels, f"{d['dataset']}-labels") if labels is not None else "no labels",
                              table(reasons, f"{d['dataset']}-quarantine") if reasons is not None else pn.pane.Markdown("**Quarantine:** none"),
                              table(pii, f"{d['dataset']}-pii"), sizing_mode="stretch_width")]
@@ -319,7 +356,8 @@ class Monitoring(Page):
                   line_chart(perf, "created", "macro_f1", "kind", "Estimated (no labels) against realized macro-F1", "macro-F1")] if runs.height > 1 else
                  [pn.pane.Markdown(f"Estimated macro-F1 (no labels) {runs['estimated_macro_f1'][-1] or float('nan'):.3f}, realized {runs['realized_macro_f1'][-1] or float('nan'):.3f}. "
                                    "One report in this range: the trends over time appear from the second.", css_classes=["wb-note"])])
-        return pn.Column(pn.pane.HTML(f"<b>Latest status</b> {status_badge(runs['status'][-1])} (recommendation: {runs['recommendation'][-1]})"),
+        return pn.Column(pn.pane.HTML(f"<b>Latest status</b> {status_badge(runs['status'][-1])} "
+                                      f"(recommendation: {html.escape(str(runs['recommendation'][-1]))})"),
                          *latest, *trend,
                          "### Alerts and warnings", table(checks.sort("created", descending=True), "alerts") if checks.height else "none",
                          "### Latency objectives (SLOs)", *latency,
@@ -332,12 +370,13 @@ class Governance(Page):
         if not m.height: return empty("registered model", "workbench run main")
         v = self.champion(m)["version"]
         card = model_card_path(self.model, v)
-        if not card.exists(): return empty(f"model card for {self.model} v{v}", "workbench job govern")
+        if not card.exists(): return empty(f"model card for {self.model} v{v}", "workbench job govern")  # empty escapes
         ev = json.loads((card.parent / "evidence.json").read_text()) if (card.parent / "evidence.json").exists() else {}
         slices = pl.DataFrame(ev.get("slices") or []) if ev.get("slices") else None
-        return pn.Column(f"Model card of **{self.model} v{v}** ({card}); slices of the test split, gaps flagged against the overall figure:",
+        return pn.Column(f"Model card of **{md_text(self.model)} v{v}** ({md_text(card)}); "
+                         "slices of the test split, gaps flagged against the overall figure:",
                          table(slices.select("column", "value", "rows", "accuracy", "macro_f1", "gap", "status"), "slices") if slices is not None and slices.height else "no slice metrics",
-                         pn.pane.HTML(card.read_text(), sizing_mode="stretch_width", css_classes=["wb-card"]), sizing_mode="stretch_width")
+                         model_card_pane(card), sizing_mode="stretch_width")
 
 class Jobs(Page):
     title = "Jobs"
@@ -385,11 +424,164 @@ class Explore(Page):
         uri = f"models:/{self.model}/{champ['version'][0]}"
         box = pn.widgets.TextAreaInput(name="Ticket text", value="I was charged twice this month, please refund me", height=120, sizing_mode="stretch_width")
         go = pn.widgets.Button(name="Classify and explain", button_type="primary")
-        return pn.Column(f"The champion, {uri}: its label, probabilities, and the words that pushed it (integrated gradients on the fp32 weights of the same model, so its probability can differ slightly from the served variant's; green for, red against).",
+        return pn.Column(f"The champion, {md_text(uri)}: its label, probabilities, and the words that pushed it "
+                         "(integrated gradients on the fp32 weights of the same model, so its probability can differ "
+                         "slightly from the served variant's; green for, red against).",
                          box, go, pn.panel(pn.bind(guarded(lambda _: explain_text(uri, box.value)), go)), sizing_mode="stretch_width")
 
 PAGES = {"overview": Overview, "data": Data, "training": Training, "inference": Inference, "monitoring": Monitoring,
          "governance": Governance, "jobs": Jobs, "explore": Explore}
+
+# %% ../nbs/70_dashboard.ipynb #5ff7d26e
+class LoginThrottle:
+    "Per-client back-off for failed sign-ins: after `free` failures, each one locks the client out twice as long."
+    def __init__(self,
+                 free: int = 5,  # failures allowed before a lock-out
+                 first_s: float = 1.0,  # the first lock-out
+                 max_s: float = 900.0,  # the longest lock-out
+                 forget_s: float = 3600.0,  # a client's failures are forgotten this long after its last one
+                 clock: Callable[[], float] = time.monotonic,  # the time in seconds
+                ):
+        if free < 0 or not 0 < first_s <= max_s:
+            raise ValueError(f"LoginThrottle needs free >= 0 and 0 < first_s <= max_s, "
+                             f"got free={free}, first_s={first_s}, max_s={max_s}")
+        self.free, self.first_s, self.max_s, self.forget_s, self.clock = free, first_s, max_s, forget_s, clock
+        self.clients_ = {}  # client -> (failures, locked until, last failure)
+
+    def wait_s(self, client: str) -> float:
+        "Seconds `client` must wait before it may try again (0: now)."
+        return max(0.0, self.clients_.get(client, (0, 0.0, 0.0))[1] - self.clock())
+
+    def failed(self, client: str) -> float:  # the lock-out this failure earns, in seconds
+        "Count a failed sign-in of `client`."
+        now = self.clock()
+        failures, _, last = self.clients_.get(client, (0, 0.0, now))
+        failures = 1 if now - last > self.forget_s else failures + 1
+        over = failures - self.free
+        lock = 0.0 if over <= 0 else min(self.max_s, self.first_s * 2.0 ** min(over - 1, 60))
+        self.clients_[client] = (failures, now + lock, now)
+        if len(self.clients_) > 10_000: self._forget(now)
+        return lock
+
+    def succeeded(self, client: str):
+        "Forget the failures of a client that signed in."
+        self.clients_.pop(client, None)
+
+    def _forget(self, now: float):
+        self.clients_ = {c: v for c, v in self.clients_.items() if v[1] > now or now - v[2] <= self.forget_s}
+
+# %% ../nbs/70_dashboard.ipynb #6e90b977
+class Sessions:
+    "Server-side sign-in sessions: a random id per sign-in, valid until it expires or its user signs out."
+    def __init__(self,
+                 max_age_s: float = 86400.0,  # a session's lifetime
+                 clock: Callable[[], float] = time.monotonic,  # the time in seconds
+                ):
+        self.max_age_s, self.clock = max_age_s, clock
+        self.active_ = {}  # session id -> (user, expiry)
+
+    def open(self, user: str) -> str:  # the new session's id
+        "Open a session for `user`."
+        now = self.clock()
+        self.active_ = {s: v for s, v in self.active_.items() if v[1] > now}
+        sid = secrets.token_urlsafe(32)
+        self.active_[sid] = (user, now + self.max_age_s)
+        return sid
+
+    def user(self, sid: str | None) -> str | None:
+        "The user of an open session; None for an unknown, closed or expired one."
+        user, expiry = self.active_.get(sid or "", (None, 0.0))
+        return user if expiry > self.clock() else None
+
+    def close(self, sid: str):
+        "End a session (signing out)."
+        self.active_.pop(sid, None)
+
+# %% ../nbs/70_dashboard.ipynb #71f2f2b3
+_SESSION_COOKIE = "workbench_session"
+
+class _LoginHandler(BasicLoginHandler):
+    "Panel's login page and form, throttled per client address; a sign-in opens a server-side session."
+    def post(self):
+        wait = self.application.auth_provider.throttle.wait_s(self.request.remote_ip)
+        if wait > 0: return self._too_many(wait)
+        return super().post()
+
+    def _validate(self, username: str, password: str) -> bool:
+        auth, client = self.application.auth_provider, self.request.remote_ip
+        ok = hmac.compare_digest(password.encode(), auth.password.encode())
+        if ok:
+            auth.throttle.succeeded(client)
+            return True
+        lock = auth.throttle.failed(client)
+        _log.warning("failed sign-in from %s%s", client, f"; locked out for {lock:.0f} s" if lock else "")
+        return False
+
+    def set_current_user(self, user: str):
+        super().set_current_user(user)
+        if not user: return
+        sid = self.application.auth_provider.sessions.open(user)
+        self.set_secure_cookie(_SESSION_COOKIE, sid, expires_days=pn_config.oauth_expiry, httponly=True, samesite="Lax",
+                               path=pn_config.cookie_path)
+
+    def _too_many(self, wait: float):
+        self.set_status(429)
+        self.set_header("Retry-After", str(math.ceil(wait)))
+        message = f"Too many failed sign-ins from this address: try again in {math.ceil(wait)} s."
+        page = self._login_template.render(login_endpoint=self._login_endpoint, errormessage=message,
+                                           PANEL_CDN=CDN_DIST)
+        self.write(page)
+
+# %% ../nbs/70_dashboard.ipynb #6026b5c2
+class _LogoutHandler(LogoutHandler):
+    "Panel's logout page, which also closes the server-side session: the cookies it clears are refused from now on."
+    def get(self):
+        sid = self.get_secure_cookie(_SESSION_COOKIE, max_age_days=pn_config.oauth_expiry)
+        if sid: self.application.auth_provider.sessions.close(sid.decode())
+        self.clear_cookie(_SESSION_COOKIE, path=pn_config.cookie_path)
+        return super().get()
+
+# %% ../nbs/70_dashboard.ipynb #629aee5f
+class DashboardAuth(BasicAuthProvider):
+    "Panel's basic-auth provider with one password, per-client throttling of failed sign-ins, and server-side sessions."
+    def __init__(self,
+                 password: str,  # the one password (any user name)
+                 throttle: LoginThrottle | None = None,  # default: `LoginThrottle()`
+                 sessions: Sessions | None = None,  # default: sessions that last Panel's `oauth_expiry` days
+                 login_template: str | None = None,  # a login page file, as `pn.serve(basic_login_template=...)` takes
+                ):
+        if not password: raise ValueError("DashboardAuth needs a non-empty password; serve without one for no login")
+        self.password = password
+        self.throttle = throttle or LoginThrottle()
+        self.sessions = sessions or Sessions(max_age_s=pn_config.oauth_expiry * 86400)
+        super().__init__(login_template=login_template)
+
+    @property
+    def get_user(self):
+        panel_get_user = super().get_user
+        def get_user(handler):
+            sid = handler.get_secure_cookie(_SESSION_COOKIE, max_age_days=pn_config.oauth_expiry)
+            user = handler.get_secure_cookie("user", max_age_days=pn_config.oauth_expiry)
+            if not (sid and user) or self.sessions.user(sid.decode()) != user.decode(): return None
+            return panel_get_user(handler)
+        return get_user
+
+    @property
+    def login_handler(self):
+        _LoginHandler._login_endpoint, _LoginHandler._login_template = self._login_endpoint, self._login_template
+        return _LoginHandler
+
+    @property
+    def logout_handler(self):
+        _LogoutHandler._login_endpoint, _LogoutHandler._logout_template = self._login_endpoint, self._logout_template
+        return _LogoutHandler
+
+# %% ../nbs/70_dashboard.ipynb #3c4b0127
+class _ComponentHandler(AuthenticatedStaticFileHandler, ComponentResourceHandler):
+    "Panel's `/components/` files, for signed-in users only and from modules already imported: a URL imports nothing."
+    def parse_url_path(self, path: str) -> str:
+        if path.split("/", 1)[0] not in sys.modules: raise HTTPError(404, "Module not found")
+        return super().parse_url_path(path)
 
 # %% ../nbs/70_dashboard.ipynb #3b75e4d9
 from panel.template.base import FAVICON_URL as _FAVICON  # served by the dashboard itself, not the CDN
@@ -421,11 +613,15 @@ def serve(port: int = 5006,  # TCP port
           password: str | None = None,  # basic-auth password; None: open
           show: bool = False,  # open a browser
           **kwargs):
-    "Serve every page until interrupted."
-    import secrets
+    "Serve every page until interrupted; with a password, behind `DashboardAuth` (throttled, server-side sessions)."
     _no_web_fonts()
     routes = {key: (lambda key=key: app(key)) for key in PAGES}
     routes["/"] = routes["overview"]
-    extra = {"basic_auth": password, "cookie_secret": secrets.token_hex(32), "basic_login_template": _login_template()} if password else {}
-    return pn.serve(routes, port=port, address=address, show=show, title="workbench", websocket_origin=[f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"],
-                    verbose=False, **extra, **kwargs)
+    auth = {}
+    if password:
+        auth = {"auth_provider": DashboardAuth(password, login_template=_login_template()),
+                "cookie_secret": secrets.token_hex(32)}
+    patterns = [(f"/{COMPONENT_PATH}(.*)", _ComponentHandler), *kwargs.pop("extra_patterns", [])]  # ahead of Panel's
+    origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
+    return pn.serve(routes, port=port, address=address, show=show, title="workbench", websocket_origin=origins,
+                    verbose=False, extra_patterns=patterns, **auth, **kwargs)
