@@ -16,7 +16,9 @@ def workspace(*parts: str,  # sub-path inside the workspace
               create: bool = True,  # create the folder if it does not exist
              ) -> Path:  # absolute path under the workspace
     "The workspace folder (`WORKBENCH_HOME`, default `./workspace`), or a sub-folder of it."
-    p = Path(os.environ.get("WORKBENCH_HOME") or "workspace").expanduser().resolve().joinpath(*parts)
+    root = Path(os.environ.get("WORKBENCH_HOME") or "workspace").expanduser().resolve()
+    p = Path(os.path.normpath(root.joinpath(*parts)))  # `..` resolved, symlinks (a dataset on another disk) kept
+    if not p.is_relative_to(root): raise ValueError(f"{'/'.join(map(str, parts))!r} is outside the workspace {root}: use a plain name")
     if create: p.mkdir(parents=True, exist_ok=True)
     return p
 

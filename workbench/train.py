@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_train.ipynb #7c38b3b7
 from __future__ import annotations
-import contextlib, dataclasses, json, logging, math, os, shutil, sys, time, warnings
+import contextlib, dataclasses, hashlib, json, logging, math, os, re, shutil, sys, time, warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -18,7 +18,8 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['default_base_model', 'TrainConfig', 'load_splits', 'length_grouped_batches', 'collate', 'classification_metrics',
-           'build_model', 'predict_proba', 'rank_loss', 'fit', 'confusion_figure', 'sample_rows', 'train', 'main']
+           'build_model', 'predict_proba', 'rank_loss', 'fit', 'metric_key', 'confusion_figure', 'sample_rows', 'train',
+           'main']
 
 # %% ../nbs/20_train.ipynb #f0b88a07
 def default_base_model() -> str:
@@ -326,6 +327,13 @@ def _save_final(cfg: TrainConfig, model, tok, result: dict, out: Path):
     cfg.save(out / "train_config.json"); cfg.save(out / "model" / "train_config.json")  # the model folder says how it was made
     (out / "metrics.json").write_text(json.dumps({k: result[k] for k in ("best_epoch", "epochs_run", "stopped_early", "validation", "history")}, indent=1))
 
+# %% ../nbs/20_train.ipynb #d835f1d1
+def metric_key(label: str,  # any class label
+              ) -> str:  # a name MLflow accepts as part of a metric key, distinct for distinct labels
+    "A label as MLflow metric names allow (letters, digits, `_-./ :`); a short hash keeps changed names apart."
+    safe = re.sub(r"[^\w./ :-]", "_", label)[:200]
+    return safe if safe == label else f"{safe}_{hashlib.sha256(label.encode()).hexdigest()[:8]}"
+
 # %% ../nbs/20_train.ipynb #333ee0aa
 def confusion_figure(confusion: Sequence[Sequence[int]],  # counts, true label by row
                      labels: Sequence[str],  # label names
@@ -394,7 +402,7 @@ def train(cfg: TrainConfig,  # the run's configuration
     elif run:
         v = res["validation"]
         mlflow.log_metrics({"best_val_macro_f1": v["macro_f1"], "best_val_accuracy": v["accuracy"], "best_epoch": res["best_epoch"],
-                            **{f"val_f1_{k}": c["f1"] for k, c in v["per_class"].items()}})
+                            **{f"val_f1_{metric_key(k)}": c["f1"] for k, c in v["per_class"].items()}})
         mlflow.log_figure(confusion_figure(v["confusion"], labels), "confusion_matrix.png")
         mlflow.log_artifact(str(out / "metrics.json")); mlflow.log_artifact(str(out / "train_config.json"))
         if res["adapter"]: mlflow.log_artifacts(res["adapter"], "adapter")
