@@ -276,6 +276,18 @@ def test_promote_and_audit_from_the_command_line(ws, trained):
         r = wb(ws, "audit", name)
         assert r.returncode == 1, r.stdout
         assert f"WARNING: champion was removed outside the gate (the gate last set it to v{champion})" in r.stdout, r.stdout
+        import os, panel as pn
+        old_home = os.environ.get("WORKBENCH_HOME")
+        os.environ["WORKBENCH_HOME"] = str(ws / "workspace")
+        try:
+            from workbench.dashboard import Overview
+            pn.state.clear_caches()
+            alerts = [a.object for a in Overview(model=name).content().select(pn.pane.Alert)]
+            assert any("Moved outside the gate" in a for a in alerts), alerts  # the dashboard says so too
+        finally:
+            if old_home is None: os.environ.pop("WORKBENCH_HOME")
+            else: os.environ["WORKBENCH_HOME"] = old_home
+            pn.state.clear_caches()
         r = wb(ws, "promote", name, "999")
         assert r.returncode == 2, r.stderr
         assert f"versions of '{name}':" in r.stderr and f"workbench promote {name}" in r.stderr, r.stderr

@@ -23,10 +23,10 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['TTL', 'PAGES', 'load_models', 'load_datasets', 'load_runs', 'load_training', 'load_monitoring', 'load_slo',
-           'notebook_html', 'model_card_path', 'md_text', 'empty', 'table', 'line_chart', 'bar_chart', 'guarded',
-           'status_badge', 'model_card_pane', 'Page', 'Overview', 'Data', 'Training', 'Inference', 'Monitoring',
-           'Governance', 'Jobs', 'explain_text', 'Explore', 'LoginThrottle', 'Sessions', 'DashboardAuth', 'app',
-           'serve']
+           'notebook_html', 'model_card_path', 'load_alias_status', 'md_text', 'empty', 'table', 'line_chart',
+           'bar_chart', 'guarded', 'status_badge', 'model_card_pane', 'outside_gate_alert', 'Page', 'Overview', 'Data',
+           'Training', 'Inference', 'Monitoring', 'Governance', 'Jobs', 'explain_text', 'Explore', 'LoginThrottle',
+           'Sessions', 'DashboardAuth', 'app', 'serve']
 
 # %% ../nbs/70_dashboard.ipynb #a269bfe3
 TTL = 30  # seconds a loader's result is reused
@@ -142,6 +142,13 @@ def model_card_path(name: str, version) -> Path:
     "Where the govern job writes a version's model card."
     return workspace("model_cards", create=False) / name / f"v{version}" / "model_card.html"
 
+# %% ../nbs/70_dashboard.ipynb #c0ab6ab1
+@pn.cache(ttl=TTL)
+def load_alias_status(model: str) -> dict:
+    "Whether the model's champion alias points where the gate put it (`workbench.registry.alias_status`)."
+    from workbench.registry import alias_status
+    return alias_status(model)
+
 # %% ../nbs/70_dashboard.ipynb #ebbd3b8c
 _MD_PUNCT = re.compile(r"([!#$%()*+,\-./:;=?@\[\\\]^_`{|}~])")  # the ASCII punctuation that html.escape leaves alone
 
@@ -230,6 +237,14 @@ def model_card_pane(path: str | Path,  # a model card page (`workbench.govern.wr
     return pn.pane.HTML(body.group(1) if body else page, sanitize_html=True, stylesheets=[_CARD_CSS],
                         sizing_mode="stretch_width", css_classes=["wb-card"])
 
+# %% ../nbs/70_dashboard.ipynb #076501ec
+def outside_gate_alert(model: str) -> pn.viewable.Viewable:
+    "A red alert when the model's champion alias was moved or removed outside the promotion gate, else nothing."
+    st = load_alias_status(model)
+    if not st["outside_gate"]: return pn.Spacer(height=0)
+    return pn.pane.Alert(f"**Moved outside the gate**: {md_text(st['detail'])}. "
+                         f"See `workbench audit {md_text(model)}`.", alert_type="danger", css_classes=["wb-outside-gate"])
+
 # %% ../nbs/70_dashboard.ipynb #ddcdf413
 def _models() -> list[str]: return sorted(set(load_models()["name"]))
 
@@ -289,7 +304,7 @@ class Overview(Page):
                                  f"{last['rows']} rows)" if last else
                                  "no monitoring run yet: <code>workbench run monitor</code>"))
         runs = load_runs().head(10)
-        return pn.Column(f"**{md_text(self.model)}** version {row['version']} ({md_text(row['variant'])}), "
+        return pn.Column(outside_gate_alert(self.model), f"**{md_text(self.model)}** version {row['version']} ({md_text(row['variant'])}), "
                          f"aliases: {md_text(row['aliases'] or 'none')}; gate: {md_text(row['gate'])}",
                          cards, status, "### Last runs", table(runs.select("run_id", "pipeline", "status", "created", "seconds", "failed_step"), "runs") if runs.height else empty("pipeline run", "workbench run main"))
 
@@ -373,7 +388,7 @@ class Governance(Page):
         if not card.exists(): return empty(f"model card for {self.model} v{v}", "workbench job govern")  # empty escapes
         ev = json.loads((card.parent / "evidence.json").read_text()) if (card.parent / "evidence.json").exists() else {}
         slices = pl.DataFrame(ev.get("slices") or []) if ev.get("slices") else None
-        return pn.Column(f"Model card of **{md_text(self.model)} v{v}** ({md_text(card)}); "
+        return pn.Column(outside_gate_alert(self.model), f"Model card of **{md_text(self.model)} v{v}** ({md_text(card)}); "
                          "slices of the test split, gaps flagged against the overall figure:",
                          table(slices.select("column", "value", "rows", "accuracy", "macro_f1", "gap", "status"), "slices") if slices is not None and slices.height else "no slice metrics",
                          model_card_pane(card), sizing_mode="stretch_width")
