@@ -243,7 +243,7 @@ def outside_gate_alert(model: str) -> pn.viewable.Viewable:
     st = load_alias_status(model)
     if not st["outside_gate"]: return pn.Spacer(height=0)
     return pn.pane.Alert(f"**Moved outside the gate**: {md_text(st['detail'])}. "
-                         f"See `workbench audit {md_text(model)}`.", alert_type="danger", css_classes=["wb-outside-gate"])
+                         "The audit trail: `workbench audit` with the model's name.", alert_type="danger", css_classes=["wb-outside-gate"])
 
 # %% ../nbs/70_dashboard.ipynb #ddcdf413
 def _models() -> list[str]: return sorted(set(load_models()["name"]))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/60_jobs.ipynb #e2f2f51c
 from __future__ import annotations
-import ast, dataclasses, datetime as dt, difflib, functools, hashlib, json, logging, os, re, secrets, shlex, subprocess, sys, threading, time, typing
+import ast, math, dataclasses, datetime as dt, difflib, functools, hashlib, json, logging, os, re, secrets, shlex, subprocess, sys, threading, time, typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -82,6 +82,7 @@ class JobParam:
         if isinstance(value, bool) and t in (int, float): raise ValueError(msg)  # True is not a number of epochs
         try: value = TypeAdapter(t).validate_python(value)
         except ValidationError: raise ValueError(msg) from None
+        if isinstance(value, float) and not math.isfinite(value): raise ValueError(msg + " (not a finite number)")
         bounds = param_range(self.help)
         if bounds and not in_range(value, bounds):
             raise ValueError(f"parameter {self.name!r} of job {job!r} must be {bounds}, got {value!r}")

@@ -22,8 +22,8 @@ from .infer import Predictor, scored_columns
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['SEALED_TAGS', 'WorkbenchModel', 'requirements', 'gate_key', 'seal', 'numbers_seal', 'register', 'GateConfig',
-           'promote', 'audit_trail', 'alias_status', 'resolve_model']
+__all__ = ['SEALED_TAGS', 'WorkbenchModel', 'requirements', 'gate_key', 'seal', 'folder_digest', 'numbers_seal', 'register',
+           'resolve_model', 'load_predictor', 'GateConfig', 'promote', 'audit_trail', 'trail_problems', 'alias_status']
 
 # %% ../nbs/35_registry.ipynb #5c27de35
 class WorkbenchModel(mlflow.pyfunc.PythonModel):
@@ -76,8 +76,21 @@ def seal(obj) -> str:
     msg = json.dumps(obj, sort_keys=True, default=str).encode()
     return hmac.new(gate_key(), msg, hashlib.sha256).hexdigest()
 
+# %% ../nbs/35_registry.ipynb #1f2b43a8
+def folder_digest(folder: str | Path,  # a model (variant) folder
+                 ) -> str:  # sha256 hex of every file's relative path and bytes, in path order
+    "The content hash of a model folder: the weights the gate judged are the weights that are served."
+    folder, h = Path(folder), hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""): h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
 # %% ../nbs/35_registry.ipynb #0a99bd11
-SEALED_TAGS = ("variant", "labels", "macro_f1", "delta_macro_f1", "p95_ms", "cpu_p95_ms", "run_id", "dataset_fingerprint")
+SEALED_TAGS = ("variant", "labels", "macro_f1", "delta_macro_f1", "p95_ms", "cpu_p95_ms", "run_id", "dataset_fingerprint",
+               "model_sha256")
 
 def numbers_seal(name: str,  # registered model name
                  version: str,  # its version
@@ -122,10 +135,52 @@ def register(variant_dir: str | Path,  # a variant folder (`workbench.infer.buil
     client = _client()
     ver = str(info.registered_model_version)
     tags["run_id"] = run.info.run_id
+    tags["model_sha256"] = folder_digest(variant_dir)
     tags["gate.seal"] = numbers_seal(name, ver, tags)
     for k, v in tags.items(): client.set_model_version_tag(name, ver, k, v)
     client.set_registered_model_alias(name, alias, ver)
     return client.get_model_version(name, ver)  # note: MLflow returns `version` as a str or an int depending on the call
+
+# %% ../nbs/35_registry.ipynb #0b6e30f4
+def resolve_model(uri: str,  # `models:/NAME@ALIAS`, `models:/NAME/VERSION`, or a model folder
+                 ) -> dict:  # uri (pinned to a version), name, version, alias, tags
+    "Pin a registry URI to the version it names now; a folder is returned as it is."
+    import re
+    from mlflow.exceptions import MlflowException
+    if not uri.startswith("models:"):
+        if not Path(uri).is_dir(): raise FileNotFoundError(f"no model folder at {uri!r}; give a folder or models:/NAME@ALIAS")
+        return {"uri": uri, "name": None, "version": None, "alias": None, "tags": {}, "outside_gate": False}
+    m = re.fullmatch(r"models:/([^/@]+)(?:@([\w-]+)|/(\d+))", uri)
+    if not m: raise ValueError(f"bad model URI {uri!r}: use models:/NAME@ALIAS or models:/NAME/VERSION")
+    name, alias, ver = m.groups()
+    client = _client()
+    try: mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, ver)
+    except MlflowException as e:
+        raise LookupError(f"no model {uri!r} in {client.tracking_uri}: {e.message[:200]}; {_versions_hint(name)}") from None
+    out = {"uri": f"models:/{name}/{mv.version}", "name": name, "version": str(mv.version), "alias": alias,
+           "tags": dict(mv.tags), "outside_gate": False}
+    if alias and alias != "challenger":  # the gate moves every other alias
+        st = alias_status(name, alias)
+        out["outside_gate"] = st["outside_gate"]
+        if st["outside_gate"]: _log.warning("%s: %s", name, st["detail"])
+    return out
+
+# %% ../nbs/35_registry.ipynb #c9aa78d9
+def load_predictor(info: dict,  # from `resolve_model`
+                   **kw,  # for `Predictor` (batch_size, threads, device...)
+                  ) -> Predictor:
+    "The `Predictor` of a resolved model, after checking its seal and the digest of its files."
+    pred = Predictor.from_uri(info["uri"], **kw)
+    if not info.get("name"): return pred  # a folder, not a registered version
+    mv = _client().get_model_version(info["name"], info["version"])
+    if "gate.seal" not in mv.tags:
+        _log.warning("%s v%s has no seal (registered before sealing): loading it unchecked", info["name"], info["version"])
+        return pred
+    ok, detail = _integrity(info["name"], mv)
+    if not ok: raise ValueError(f"{info['uri']}: {detail}; refusing to load it")
+    if mv.tags.get("model_sha256") and folder_digest(pred.path) != mv.tags["model_sha256"]:
+        raise ValueError(f"{info['uri']}: its files differ from the ones registered (weights replaced?); refusing to load it")
+    return pred
 
 # %% ../nbs/35_registry.ipynb #2491d388
 @dataclass(frozen=True)
@@ -156,7 +211,7 @@ class GateConfig:
 def _macro_f1(uri: str, test: pl.DataFrame) -> float:
     "Macro-F1 of the model at `uri` on a labelled `text`/`label` frame, scored now."
     from workbench.train import classification_metrics
-    p = Predictor.from_uri(uri)
+    p = load_predictor(resolve_model(uri))  # the files the gate judges are the registered ones
     out = p.predict(test["text"].to_list())
     unknown = sorted(set(test["label"].unique().to_list()) - set(p.labels))
     if unknown: raise ValueError(f"{uri}: the test labels {unknown} are not labels of this model {p.labels}")
@@ -229,6 +284,7 @@ def promote(name: str,  # registered model name
     from mlflow.exceptions import MlflowException
     if force and not (reason or "").strip():
         raise ValueError("force needs a reason: it is kept in the audit trail (e.g. --reason 'hotfix approved by ...')")
+    if reason is not None and len(reason) > 2000: raise ValueError(f"reason has {len(reason)} characters; at most 2000")
     client = _client()
     try: cand = client.get_model_version_by_alias(name, "challenger") if version is None else client.get_model_version(name, str(version))
     except MlflowException as e: raise LookupError(f"no model version {name!r} {version or '@challenger'}: {e.message[:200]}; "
@@ -248,11 +304,16 @@ def promote(name: str,  # registered model name
                 "champion_before": str(champ.version) if champ else None, "alias_before": before,
                 "scored_on": "test frame" if test is not None else "registered metrics", "checks": checks, **nums,
                 "gate": asdict(gate), "loosened": gate.loosened()}
+    head = _head(name)
+    decision["seq"], decision["prev"] = (head["seq"] + 1, head["seal"]) if head else (1, None)
     decision["seal"] = seal(decision)
-    if decision["decision"] != "refused": client.set_registered_model_alias(name, alias, cv)
     reasons = _reasons(decision)
     record = {"gate.decision": decision["decision"], "gate.reasons": reasons, "gate.at": now, f"gate.{now}": json.dumps(decision)}
     for k, v in record.items(): client.set_model_version_tag(name, cv, k, v[:5000] if k == "gate.reasons" else v)
+    body = {"model": name, "seq": decision["seq"], "seal": decision["seal"]}
+    client.set_registered_model_tag(name, "gate.head", json.dumps({**body, "head_seal": seal(body)}))
+    with open(_journal(name), "a") as f: f.write(json.dumps(decision) + "\n")
+    if decision["decision"] != "refused": client.set_registered_model_alias(name, alias, cv)  # last: the record comes first
     (_log.warning if decision["decision"] == "forced" or decision["loosened"] else _log.info)(
         "%s v%s %s: %s", name, cv, decision["decision"], reasons)
     return decision
@@ -277,30 +338,72 @@ def _versions_hint(name: str) -> str:
 
 # %% ../nbs/35_registry.ipynb #1c2b3747
 def _records(name: str) -> list[dict]:
-    "Every gate decision recorded on the versions of `name`, with `intact` (its seal holds) added."
+    "Every gate decision on the versions of `name`, with `intact`: its seal holds, and it sits on the model and version it names."
     out = []
     for mv in _client().search_model_versions(f"name='{name}'"):
         for k, v in mv.tags.items():
             if not k.startswith("gate.20"): continue
-            r = json.loads(v)
+            try: r = json.loads(v)
+            except json.JSONDecodeError: r = {"at": k[5:], "version": str(mv.version), "decision": "unreadable", "checks": {}}
             given = r.pop("seal", None)
-            r["intact"] = given is not None and hmac.compare_digest(given, seal(r))
+            sealed = given is not None and hmac.compare_digest(given, seal(r))
+            r["intact"] = sealed and r.get("model") == name and str(r.get("version")) == str(mv.version)
+            r["seal"] = given
             out.append(r)
-    return sorted(out, key=lambda r: (r["at"], r["version"]))
+    return sorted(out, key=lambda r: (r.get("seq", 0), r["at"], r["version"]))
 
 # %% ../nbs/35_registry.ipynb #6dfcd021
 def audit_trail(name: str,  # registered model name
                ) -> pl.DataFrame:  # one row per gate decision, oldest first
     "Every promotion decision recorded on the versions of `name`, with who asked, what failed and whether it is intact."
     rows = [{"at": r["at"], "version": r["version"], "decision": r["decision"], "alias": r.get("alias", "champion"),
-             "champion_before": r["champion_before"], "challenger_macro_f1": r["challenger_macro_f1"], "p95_ms": r["p95_ms"],
-             "cpu_p95_ms": r.get("cpu_p95_ms"), "failed": ",".join(k for k, ch in r["checks"].items() if not ch["passed"]),
+             "champion_before": r.get("champion_before"), "challenger_macro_f1": r.get("challenger_macro_f1"), "p95_ms": r.get("p95_ms"),
+             "cpu_p95_ms": r.get("cpu_p95_ms"), "failed": ",".join(k for k, ch in r.get("checks", {}).items() if not ch.get("passed")),
              "loosened": ",".join(r.get("loosened") or {}), "requested_by": r.get("requested_by"), "reason": r.get("reason"),
              "intact": r["intact"]} for r in _records(name)]
     schema = {"at": pl.String, "version": pl.String, "decision": pl.String, "alias": pl.String, "champion_before": pl.String,
               "challenger_macro_f1": pl.Float64, "p95_ms": pl.Float64, "cpu_p95_ms": pl.Float64, "failed": pl.String,
               "loosened": pl.String, "requested_by": pl.String, "reason": pl.String, "intact": pl.Boolean}
     return pl.DataFrame(rows, schema=schema)
+
+# %% ../nbs/35_registry.ipynb #4b669f78
+def _journal(name: str) -> Path:
+    "This host's append-only copy of the gate decisions on `name`."
+    return workspace("audit") / (hashlib.sha256(name.encode()).hexdigest()[:16] + ".jsonl")
+
+# %% ../nbs/35_registry.ipynb #f460de33
+def _head(name: str) -> dict | None:
+    "The registered model's sealed pointer to its newest gate decision, or None."
+    raw = _client().get_registered_model(name).tags.get("gate.head")
+    return json.loads(raw) if raw else None
+
+# %% ../nbs/35_registry.ipynb #850be6f1
+def trail_problems(name: str,  # registered model name
+                  ) -> list[str]:  # what is wrong with the audit trail; empty when it is whole
+    "Records that fail their seal, and decisions deleted from the chain (against `gate.head` and this host's journal)."
+    recs = _records(name)
+    out = [f"{n} audit record(s) fail their seal or sit on another model or version" for n in [sum(not r["intact"] for r in recs)] if n]
+    chain = [r for r in recs if r["intact"] and "seq" in r]
+    for k, r in enumerate(chain):
+        if r["seq"] != k + 1 or r.get("prev") != (chain[k - 1]["seal"] if k else None):
+            out.append(f"the gate's decision {k + 1} is missing or out of order")
+            break
+    head = _head(name)
+    if head is not None:
+        body = {k: head.get(k) for k in ("model", "seq", "seal")}
+        if not hmac.compare_digest(head.get("head_seal", ""), seal(body)) or head.get("model") != name:
+            out.append("the gate.head tag was edited")
+        elif not chain or head["seq"] != chain[-1]["seq"] or head["seal"] != chain[-1]["seal"]:
+            out.append(f"the newest gate decision(s) were deleted (the head names decision {head['seq']})")
+    elif chain: out.append("the gate.head tag was removed")
+    seals = {r["seal"] for r in chain}
+    f = _journal(name)
+    for line in f.read_text().splitlines() if f.exists() else []:
+        r = json.loads(line)
+        if r.get("seal") not in seals:
+            out.append(f"decision {r.get('seq')} (v{r.get('version')} {r.get('decision')} at {r.get('at')}) is in this host's "
+                       "journal but not in the registry")
+    return out
 
 # %% ../nbs/35_registry.ipynb #01d5bfa1
 def alias_status(name: str,  # registered model name
@@ -311,36 +414,15 @@ def alias_status(name: str,  # registered model name
     try: now = str(_client().get_model_version_by_alias(name, alias).version)
     except MlflowException: now = None
     moves = [r for r in _records(name) if r["decision"] in ("promoted", "forced") and r.get("alias", "champion") == alias]
-    intact = [r for r in moves if r["intact"]]
+    intact = [r for r in moves if r["intact"]]  # a forged or copied record never counts
     gated = intact[-1]["version"] if intact else None
     outside = now != gated and (now is not None or gated is not None)
     if not outside: detail = f"{alias} -> v{now}, as the gate set it" if now else f"no {alias} yet"
     elif now is None: detail = f"{alias} was removed outside the gate (the gate last set it to v{gated})"
     elif gated is None: detail = f"{alias} -> v{now} was set outside the gate (no gate decision ever moved it)"
     else: detail = f"{alias} -> v{now} was moved outside the gate (the gate last set it to v{gated})"
-    if len(intact) < len(moves): detail += f"; {len(moves) - len(intact)} audit record(s) fail their seal"
+    problems = trail_problems(name)
+    if problems:
+        outside = True
+        detail += "; the audit trail was tampered with: " + "; ".join(problems)
     return {"alias": alias, "version": now, "gated_version": gated, "outside_gate": outside, "detail": detail}
-
-# %% ../nbs/35_registry.ipynb #0b6e30f4
-def resolve_model(uri: str,  # `models:/NAME@ALIAS`, `models:/NAME/VERSION`, or a model folder
-                 ) -> dict:  # uri (pinned to a version), name, version, alias, tags
-    "Pin a registry URI to the version it names now; a folder is returned as it is."
-    import re
-    from mlflow.exceptions import MlflowException
-    if not uri.startswith("models:"):
-        if not Path(uri).is_dir(): raise FileNotFoundError(f"no model folder at {uri!r}; give a folder or models:/NAME@ALIAS")
-        return {"uri": uri, "name": None, "version": None, "alias": None, "tags": {}, "outside_gate": False}
-    m = re.fullmatch(r"models:/([^/@]+)(?:@([\w-]+)|/(\d+))", uri)
-    if not m: raise ValueError(f"bad model URI {uri!r}: use models:/NAME@ALIAS or models:/NAME/VERSION")
-    name, alias, ver = m.groups()
-    client = _client()
-    try: mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, ver)
-    except MlflowException as e:
-        raise LookupError(f"no model {uri!r} in {client.tracking_uri}: {e.message[:200]}; {_versions_hint(name)}") from None
-    out = {"uri": f"models:/{name}/{mv.version}", "name": name, "version": str(mv.version), "alias": alias,
-           "tags": dict(mv.tags), "outside_gate": False}
-    if alias and alias != "challenger":  # the gate moves every other alias
-        st = alias_status(name, alias)
-        out["outside_gate"] = st["outside_gate"]
-        if st["outside_gate"]: _log.warning("%s: %s", name, st["detail"])
-    return out

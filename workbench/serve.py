@@ -200,8 +200,8 @@ class ModelHolder:
         self.reloads = collections.Counter()
 
     def _load(self, info: dict):
-        from workbench.infer import Predictor
-        return Predictor.from_uri(info["uri"], batch_size=self.cfg.max_batch_size, threads=self.cfg.threads or None)
+        from workbench.registry import load_predictor  # refuses a version whose numbers or files were changed
+        return load_predictor(info, batch_size=self.cfg.max_batch_size, threads=self.cfg.threads or None)
 
     def load(self) -> "ModelHolder":
         "Resolve the model URI to a version and load it (at start-up)."
