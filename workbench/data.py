@@ -194,6 +194,7 @@ def _as_string(name, dtype):
         return c.map_batches(lambda s: pl.Series([None if v is None else json.dumps(v, default=str) for v in s.to_list()], dtype=pl.String),
                              return_dtype=pl.String, is_elementwise=True)
     elif dtype == pl.Duration: c = c.to_physical()
+    elif dtype == pl.Binary: return c.bin.encode("hex")  # bytes as hex text: nothing lost, nothing undecodable
     return c.cast(pl.String)
 
 # %% ../nbs/10_data.ipynb #17183e23
@@ -257,6 +258,9 @@ def _polars_count(lf: pl.LazyFrame) -> int | None:
 def _check_count(path: Path, lf: pl.LazyFrame):
     "Refuse a (Parquet or NDJSON) file whose rows polars and the independent count see differently."
     got, want = _polars_count(lf), count_records(path)
+    if got is None:
+        raise ValueError(f"{path}: polars cannot read all its {want} records (a value of an unsupported type, or a "
+                         "malformed line?); refusing the file rather than losing rows")
     if got != want:
         raise ValueError(f"{path}: polars reads {got} records where the independent count finds {want}; "
                          "refusing the file rather than losing rows")
@@ -560,6 +564,7 @@ def _parts(st: pl.LazyFrame, raw_cols, c: Contract, split: SplitConfig, prior_ke
     if c.time_col: typed[c.time_col] = pl.col("_time")
     if c.label_col: typed[c.label_col] = pl.col("_label")
     keep = [n for n in raw_cols if not n.startswith("_extra_") and n != "text"]  # an input column `text` is the only text column
+    typed |= {n: redact_pii(pl.col(n)) for n in keep if n not in typed and n != c.id_col}  # other columns: no PII either
     curated = (valid.filter(~pl.col("_dup"))
                .with_columns(**typed, split=split_expr(split, c.id_col, c.label_col if split.stratify else None),
                              pii_redacted=pl.sum_horizontal(list(pii_counts(pl.col("_joined")).values())).cast(pl.UInt32),

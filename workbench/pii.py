@@ -34,15 +34,18 @@ def iban_ok(iban: str,  # an IBAN, with or without spaces, any case
 # %% ../nbs/01_pii.ipynb #965df977
 PII_PATTERNS = {
     "EMAIL": r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}",
-    "IBAN": r"\b[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?\b",
-    "CARD": r"[0-9](?:[ ./-]?[0-9]){12,18}",
+    "IBAN": (r"\b[A-Za-z]{2}[0-9]{2}(?:[ .-]?[A-Za-z0-9]{4}){2,7}(?:[ .-]?[A-Za-z0-9]{1,3})?\b"
+             r"|\b[A-Za-z]{2}[0-9]{2}(?:[ .-][0-9]{3}){3,10}\b"),
+    "CARD": (r"[0-9](?:(?: - |[ \t./-])?[0-9]){12,18}"  # grouped by spaces, tabs, dashes (spaced too), dots, slashes
+             r"|[0-9]{4}(?:\n[0-9]{4}){2,3}(?:\n[0-9]{1,4})?"),  # groups of four on their own lines (not digits of log lines)
     "IP": (r"\b(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\b"
            r"|\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b"
            r"|\b(?:[0-9A-Fa-f]{1,4}:){1,6}(?::[0-9A-Fa-f]{1,4}){1,6}\b"),
     "PHONE": (r"\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-]?[0-9]{2,5}){1,4}\b"
               r"|\([0-9]{2,4}\)[ .-]?[0-9]{3,4}[ .-]?[0-9]{3,4}\b"
-              r"|\b[0-9]{3}[.-][0-9]{3}[.-][0-9]{4}\b"
+              r"|\b[0-9]{3}[ .-][0-9]{3}[ .-][0-9]{4}\b"
               r"|\b[2-9][0-9]{2}[2-9][0-9]{6}\b"
+              r"|\b0[1-9](?:[ .-]?[0-9]{2}){4}\b"
               r"|\b0[0-9]{2,4}(?:[ /-][0-9]{2,8}){1,3}\b"),
 }
 
@@ -59,8 +62,12 @@ def _python_pattern(kind: str) -> re.Pattern:
 _PY = {k: _python_pattern(k) for k in PII_KINDS}
 
 # %% ../nbs/01_pii.ipynb #fcb170b5
-_CHECKS = {"IBAN": (iban_ok, 15, True), "CARD": (luhn_ok, 13, False)}  # (check, shortest, may end anywhere)
-_SEPARATORS = " ./-"
+def _card_ok(digits: str) -> bool:
+    "A payment card: Luhn-valid, and not one digit repeated (a Luhn-valid placeholder such as 0000 0000 0000 0000)."
+    return luhn_ok(digits) and len(set(digits)) > 1
+
+_CHECKS = {"IBAN": (iban_ok, 15, True), "CARD": (_card_ok, 13, False)}  # (check, shortest, may end anywhere)
+_SEPARATORS = " \t\n\r./-"
 
 # %% ../nbs/01_pii.ipynb #4d29e68f
 def _cut_points(s: str, min_len: int, anywhere: bool) -> list[int]:

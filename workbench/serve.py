@@ -430,8 +430,12 @@ def _hashed(values: list[str | None]) -> list[str | None]:
     return [None if v is None else hashlib.sha256(v.encode()).hexdigest() for v in values]
 
 def _redacted(values: list[str | None]) -> list[str | None]:
-    "Each value with PII replaced by typed placeholders (one pass of `redact_series` for all of them)."
-    return redact_series(pl.Series(values, dtype=pl.String)).to_list()
+    "Each value as sent, or, where its cleaned form (NFKC, no format characters, plain spaces) holds PII, that form redacted."
+    from workbench.data import clean_text
+    raw = pl.Series(values, dtype=pl.String)
+    clean = pl.select(clean_text(pl.lit(raw))).to_series()  # full-width digits, zero-width and soft hyphens, NBSP
+    red = redact_series(clean)
+    return [v if r == k else r for v, k, r in zip(values, clean.to_list(), red.to_list())]
 
 def log_fields(log_text: Literal["redacted", "hash", "none"],  # `ServeConfig.log_text`
                request_id: str,  # the request id the answer carries
