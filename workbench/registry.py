@@ -4,7 +4,8 @@
 
 # %% ../nbs/35_registry.ipynb #79c152e9
 from __future__ import annotations
-import datetime as dt, getpass, hashlib, hmac, json, logging, os, secrets, shlex, shutil, socket, sys, tempfile, warnings
+import datetime as dt, getpass, hashlib, hmac, json, logging, os, secrets, shlex, shutil, socket, sys, tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version as _version
 from pathlib import Path
@@ -89,8 +90,8 @@ def folder_digest(folder: str | Path,  # a model (variant) folder
     return h.hexdigest()
 
 # %% ../nbs/35_registry.ipynb #0a99bd11
-SEALED_TAGS = ("variant", "labels", "macro_f1", "delta_macro_f1", "p95_ms", "cpu_p95_ms", "run_id", "dataset_fingerprint",
-               "model_sha256")
+SEALED_TAGS = ("variant", "labels", "macro_f1", "delta_macro_f1", "p95_ms", "cpu_p95_ms", "run_id",
+               "dataset_fingerprint", "model_sha256")
 
 def numbers_seal(name: str,  # registered model name
                  version: str,  # its version
@@ -156,7 +157,8 @@ def resolve_model(uri: str,  # `models:/NAME@ALIAS`, `models:/NAME/VERSION`, or 
     client = _client()
     try: mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, ver)
     except MlflowException as e:
-        raise LookupError(f"no model {uri!r} in {client.tracking_uri}: {e.message[:200]}; {_versions_hint(name)}") from None
+        hint = _versions_hint(name)
+        raise LookupError(f"no model {uri!r} in {client.tracking_uri}: {e.message[:200]}; {hint}") from None
     out = {"uri": f"models:/{name}/{mv.version}", "name": name, "version": str(mv.version), "alias": alias,
            "tags": dict(mv.tags), "outside_gate": False}
     if alias and alias != "challenger":  # the gate moves every other alias
@@ -174,12 +176,14 @@ def load_predictor(info: dict,  # from `resolve_model`
     if not info.get("name"): return pred  # a folder, not a registered version
     mv = _client().get_model_version(info["name"], info["version"])
     if "gate.seal" not in mv.tags:
-        _log.warning("%s v%s has no seal (registered before sealing): loading it unchecked", info["name"], info["version"])
+        _log.warning("%s v%s has no seal (registered before sealing): loading it unchecked",
+                     info["name"], info["version"])
         return pred
     ok, detail = _integrity(info["name"], mv)
     if not ok: raise ValueError(f"{info['uri']}: {detail}; refusing to load it")
     if mv.tags.get("model_sha256") and folder_digest(pred.path) != mv.tags["model_sha256"]:
-        raise ValueError(f"{info['uri']}: its files differ from the ones registered (weights replaced?); refusing to load it")
+        raise ValueError(f"{info['uri']}: its files differ from the ones registered (weights replaced?); "
+                         "refusing to load it")
     return pred
 
 # %% ../nbs/35_registry.ipynb #2491d388
@@ -242,7 +246,7 @@ def _check(ok: bool, detail: str, value=None, threshold=None) -> dict:
 
 # %% ../nbs/35_registry.ipynb #e2c16faf
 def _gate_checks(name, cand, champ, gate: GateConfig, test) -> tuple[dict, dict]:
-    "The gate's checks of a candidate version against the champion (integrity, quality, parity, latency), and its numbers."
+    "The gate's checks of a candidate against the champion (integrity, quality, parity, latency), and its numbers."
     t, cv = cand.tags, str(cand.version)
     f1 = _macro_f1(f"models:/{name}/{cv}", test) if test is not None else float(t["macro_f1"])
     nums = {"challenger_macro_f1": f1, "delta_macro_f1": float(t["delta_macro_f1"]), "p95_ms": float(t["p95_ms"]),
@@ -259,15 +263,17 @@ def _gate_checks(name, cand, champ, gate: GateConfig, test) -> tuple[dict, dict]
     else:
         cf1 = _macro_f1(f"models:/{name}/{champ.version}", test) if test is not None else float(champ.tags["macro_f1"])
         nums["champion_macro_f1"] = cf1
-        checks["quality"] = _check(f1 >= cf1 - gate.tolerance, f"macro-F1 {f1:.4f} vs champion v{champ.version} {cf1:.4f} "
-                                   f"({f1 - cf1:+.4f}; tolerance {gate.tolerance})", f1 - cf1, -gate.tolerance)
+        detail = f"macro-F1 {f1:.4f} vs champion v{champ.version} {cf1:.4f} "
+        detail += f"({f1 - cf1:+.4f}; tolerance {gate.tolerance})"
+        checks["quality"] = _check(f1 >= cf1 - gate.tolerance, detail, f1 - cf1, -gate.tolerance)
     d = nums["delta_macro_f1"]
     checks["parity"] = _check(d >= -gate.max_parity_drop, f"{t.get('variant')} vs fp32 macro-F1 {d:+.4f} "
                               f"(budget -{gate.max_parity_drop})", d, -gate.max_parity_drop)
     cpu = nums["cpu_p95_ms"]
     lat, what = (cpu, "ms of CPU per text on one core") if cpu is not None else (nums["p95_ms"], "ms wall clock")
-    checks["latency"] = _check(lat <= gate.max_p95_ms, f"p95 {lat:.1f} {what} (budget {gate.max_p95_ms} ms; wall-clock p95 "
-                               f"{nums['p95_ms']:.1f} ms at registration)", lat, gate.max_p95_ms)
+    detail = f"p95 {lat:.1f} {what} (budget {gate.max_p95_ms} ms; "
+    detail += f"wall-clock p95 {nums['p95_ms']:.1f} ms at registration)"
+    checks["latency"] = _check(lat <= gate.max_p95_ms, detail, lat, gate.max_p95_ms)
     return checks, nums
 
 # %% ../nbs/35_registry.ipynb #070adf9d
@@ -286,9 +292,12 @@ def promote(name: str,  # registered model name
         raise ValueError("force needs a reason: it is kept in the audit trail (e.g. --reason 'hotfix approved by ...')")
     if reason is not None and len(reason) > 2000: raise ValueError(f"reason has {len(reason)} characters; at most 2000")
     client = _client()
-    try: cand = client.get_model_version_by_alias(name, "challenger") if version is None else client.get_model_version(name, str(version))
-    except MlflowException as e: raise LookupError(f"no model version {name!r} {version or '@challenger'}: {e.message[:200]}; "
-                                                   f"{_versions_hint(name)}") from e
+    try:
+        if version is None: cand = client.get_model_version_by_alias(name, "challenger")
+        else: cand = client.get_model_version(name, str(version))
+    except MlflowException as e:
+        what = f"{name!r} {version or '@challenger'}"
+        raise LookupError(f"no model version {what}: {e.message[:200]}; {_versions_hint(name)}") from e
     try: champ = client.get_model_version_by_alias(name, alias)
     except MlflowException: champ = None
     missing = {"macro_f1", "delta_macro_f1", "p95_ms"} - set(cand.tags)
@@ -308,12 +317,14 @@ def promote(name: str,  # registered model name
     decision["seq"], decision["prev"] = (head["seq"] + 1, head["seal"]) if head else (1, None)
     decision["seal"] = seal(decision)
     reasons = _reasons(decision)
-    record = {"gate.decision": decision["decision"], "gate.reasons": reasons, "gate.at": now, f"gate.{now}": json.dumps(decision)}
+    record = {"gate.decision": decision["decision"], "gate.reasons": reasons, "gate.at": now,
+              f"gate.{now}": json.dumps(decision)}
     for k, v in record.items(): client.set_model_version_tag(name, cv, k, v[:5000] if k == "gate.reasons" else v)
     body = {"model": name, "seq": decision["seq"], "seal": decision["seal"]}
     client.set_registered_model_tag(name, "gate.head", json.dumps({**body, "head_seal": seal(body)}))
     with open(_journal(name), "a") as f: f.write(json.dumps(decision) + "\n")
-    if decision["decision"] != "refused": client.set_registered_model_alias(name, alias, cv)  # last: the record comes first
+    if decision["decision"] != "refused":  # last: the record comes first
+        client.set_registered_model_alias(name, alias, cv)
     (_log.warning if decision["decision"] == "forced" or decision["loosened"] else _log.info)(
         "%s v%s %s: %s", name, cv, decision["decision"], reasons)
     return decision
@@ -323,7 +334,8 @@ def _reasons(decision: dict) -> str:
     "A decision in one readable line: each check, loosened thresholds, a forced move and its reason."
     out = "; ".join(f"{'pass' if ch['passed'] else 'FAIL'} {k}: {ch['detail']}" for k, ch in decision["checks"].items())
     if decision["loosened"]:
-        out += "; thresholds loosened: " + ", ".join(f"{k} {v['used']} (default {v['default']})" for k, v in decision["loosened"].items())
+        looser = (f"{k} {v['used']} (default {v['default']})" for k, v in decision["loosened"].items())
+        out += "; thresholds loosened: " + ", ".join(looser)
     if decision["decision"] == "forced": out += f"; FORCED by {decision['requested_by']}: {decision['reason']}"
     return out
 
@@ -338,13 +350,14 @@ def _versions_hint(name: str) -> str:
 
 # %% ../nbs/35_registry.ipynb #1c2b3747
 def _records(name: str) -> list[dict]:
-    "Every gate decision on the versions of `name`, with `intact`: its seal holds, and it sits on the model and version it names."
+    "Every gate decision on the versions of `name`, with `intact`: its seal holds and it sits where it says."
     out = []
     for mv in _client().search_model_versions(f"name='{name}'"):
         for k, v in mv.tags.items():
             if not k.startswith("gate.20"): continue
             try: r = json.loads(v)
-            except json.JSONDecodeError: r = {"at": k[5:], "version": str(mv.version), "decision": "unreadable", "checks": {}}
+            except json.JSONDecodeError:
+                r = {"at": k[5:], "version": str(mv.version), "decision": "unreadable", "checks": {}}
             given = r.pop("seal", None)
             sealed = given is not None and hmac.compare_digest(given, seal(r))
             r["intact"] = sealed and r.get("model") == name and str(r.get("version")) == str(mv.version)
@@ -353,18 +366,22 @@ def _records(name: str) -> list[dict]:
     return sorted(out, key=lambda r: (r.get("seq", 0), r["at"], r["version"]))
 
 # %% ../nbs/35_registry.ipynb #6dfcd021
+def _trail_row(r: dict) -> dict:
+    "One decision as a row of the audit trail."
+    failed = ",".join(k for k, ch in r.get("checks", {}).items() if not ch.get("passed"))
+    keys = ("at", "version", "decision", "champion_before", "challenger_macro_f1", "p95_ms", "cpu_p95_ms",
+            "requested_by", "reason", "intact")
+    return {**{k: r.get(k) for k in keys}, "alias": r.get("alias", "champion"), "failed": failed,
+            "loosened": ",".join(r.get("loosened") or {})}
+
 def audit_trail(name: str,  # registered model name
                ) -> pl.DataFrame:  # one row per gate decision, oldest first
     "Every promotion decision recorded on the versions of `name`, with who asked, what failed and whether it is intact."
-    rows = [{"at": r["at"], "version": r["version"], "decision": r["decision"], "alias": r.get("alias", "champion"),
-             "champion_before": r.get("champion_before"), "challenger_macro_f1": r.get("challenger_macro_f1"), "p95_ms": r.get("p95_ms"),
-             "cpu_p95_ms": r.get("cpu_p95_ms"), "failed": ",".join(k for k, ch in r.get("checks", {}).items() if not ch.get("passed")),
-             "loosened": ",".join(r.get("loosened") or {}), "requested_by": r.get("requested_by"), "reason": r.get("reason"),
-             "intact": r["intact"]} for r in _records(name)]
-    schema = {"at": pl.String, "version": pl.String, "decision": pl.String, "alias": pl.String, "champion_before": pl.String,
-              "challenger_macro_f1": pl.Float64, "p95_ms": pl.Float64, "cpu_p95_ms": pl.Float64, "failed": pl.String,
-              "loosened": pl.String, "requested_by": pl.String, "reason": pl.String, "intact": pl.Boolean}
-    return pl.DataFrame(rows, schema=schema)
+    s, f = pl.String, pl.Float64
+    schema = {"at": s, "version": s, "decision": s, "alias": s, "champion_before": s, "challenger_macro_f1": f,
+              "p95_ms": f, "cpu_p95_ms": f, "failed": s, "loosened": s, "requested_by": s, "reason": s,
+              "intact": pl.Boolean}
+    return pl.DataFrame([_trail_row(r) for r in _records(name)], schema=schema)
 
 # %% ../nbs/35_registry.ipynb #4b669f78
 def _journal(name: str) -> Path:
@@ -382,7 +399,8 @@ def trail_problems(name: str,  # registered model name
                   ) -> list[str]:  # what is wrong with the audit trail; empty when it is whole
     "Records that fail their seal, and decisions deleted from the chain (against `gate.head` and this host's journal)."
     recs = _records(name)
-    out = [f"{n} audit record(s) fail their seal or sit on another model or version" for n in [sum(not r["intact"] for r in recs)] if n]
+    bad = sum(not r["intact"] for r in recs)
+    out = [f"{bad} audit record(s) fail their seal or sit on another model or version"] if bad else []
     chain = [r for r in recs if r["intact"] and "seq" in r]
     for k, r in enumerate(chain):
         if r["seq"] != k + 1 or r.get("prev") != (chain[k - 1]["seal"] if k else None):
@@ -401,8 +419,8 @@ def trail_problems(name: str,  # registered model name
     for line in f.read_text().splitlines() if f.exists() else []:
         r = json.loads(line)
         if r.get("seal") not in seals:
-            out.append(f"decision {r.get('seq')} (v{r.get('version')} {r.get('decision')} at {r.get('at')}) is in this host's "
-                       "journal but not in the registry")
+            what = f"decision {r.get('seq')} (v{r.get('version')} {r.get('decision')} at {r.get('at')})"
+            out.append(f"{what} is in this host's journal but not in the registry")
     return out
 
 # %% ../nbs/35_registry.ipynb #01d5bfa1
@@ -413,7 +431,8 @@ def alias_status(name: str,  # registered model name
     from mlflow.exceptions import MlflowException
     try: now = str(_client().get_model_version_by_alias(name, alias).version)
     except MlflowException: now = None
-    moves = [r for r in _records(name) if r["decision"] in ("promoted", "forced") and r.get("alias", "champion") == alias]
+    moved = lambda r: r["decision"] in ("promoted", "forced") and r.get("alias", "champion") == alias
+    moves = [r for r in _records(name) if moved(r)]
     intact = [r for r in moves if r["intact"]]  # a forged or copied record never counts
     gated = intact[-1]["version"] if intact else None
     outside = now != gated and (now is not None or gated is not None)
