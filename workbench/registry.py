@@ -396,9 +396,10 @@ def _head(name: str) -> dict | None:
 
 # %% ../nbs/35_registry.ipynb #850be6f1
 def trail_problems(name: str,  # registered model name
+                   recs: list[dict] | None = None,  # its records (`_records`), if already read
                   ) -> list[str]:  # what is wrong with the audit trail; empty when it is whole
     "Records that fail their seal, and decisions deleted from the chain (against `gate.head` and this host's journal)."
-    recs = _records(name)
+    recs = _records(name) if recs is None else recs
     bad = sum(not r["intact"] for r in recs)
     out = [f"{bad} audit record(s) fail their seal or sit on another model or version"] if bad else []
     chain = [r for r in recs if r["intact"] and "seq" in r]
@@ -432,7 +433,8 @@ def alias_status(name: str,  # registered model name
     try: now = str(_client().get_model_version_by_alias(name, alias).version)
     except MlflowException: now = None
     moved = lambda r: r["decision"] in ("promoted", "forced") and r.get("alias", "champion") == alias
-    moves = [r for r in _records(name) if moved(r)]
+    recs = _records(name)  # one read of the registry for the alias and the trail
+    moves = [r for r in recs if moved(r)]
     intact = [r for r in moves if r["intact"]]  # a forged or copied record never counts
     gated = intact[-1]["version"] if intact else None
     outside = now != gated and (now is not None or gated is not None)
@@ -440,7 +442,7 @@ def alias_status(name: str,  # registered model name
     elif now is None: detail = f"{alias} was removed outside the gate (the gate last set it to v{gated})"
     elif gated is None: detail = f"{alias} -> v{now} was set outside the gate (no gate decision ever moved it)"
     else: detail = f"{alias} -> v{now} was moved outside the gate (the gate last set it to v{gated})"
-    problems = trail_problems(name)
+    problems = trail_problems(name, recs)
     if problems:
         outside = True
         detail += "; the audit trail was tampered with: " + "; ".join(problems)
