@@ -101,8 +101,10 @@ def layer_sensitivity(model,  # the fp32 model
 def build_variant(model_dir: str | Path,  # the merged fp32 model folder from training
                   out: str | Path,  # the variant folder to write (replaced if it exists)
                   quant: QuantConfig = QuantConfig(),  # which variant
+                  baseline: str | Path | None = None,  # a baseline pipeline (`workbench.baselines`, joblib) to blend in
+                  weight: float = 1.0,  # with `baseline`: the transformer's share of the blended probabilities
                  ) -> Path:  # the variant folder
-    "Write a variant folder: the model files, `variant.json`, and for ONNX variants the exported graph."
+    "Write a variant folder: the model files, `variant.json`, for ONNX variants the graph, for a blend the baseline."
     model_dir, out = Path(model_dir), Path(out)
     model, tok, labels = load_hf(model_dir)
     if quant.keep_fp32: quantize_int8(model, quant.keep_fp32)  # validates the names now, not at load time
@@ -110,11 +112,21 @@ def build_variant(model_dir: str | Path,  # the merged fp32 model folder from tr
     if quant.variant.startswith("onnx"): _export_onnx(model, tok, tmp, int8=quant.variant == "onnx-int8")
     else: shutil.copytree(model_dir, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.onnx*"))
     model.config.save_pretrained(tmp); tok.save_pretrained(tmp)
+    blend = _copy_baseline(baseline, weight, tmp) if baseline is not None else None
     trained = json.loads((model_dir / "train_config.json").read_text()).get("max_length") if (model_dir / "train_config.json").exists() else None
     (tmp / "variant.json").write_text(json.dumps({"variant": quant.variant, "keep_fp32": list(quant.keep_fp32),
-                                                  "max_length": quant.max_length or trained or 256, "labels": labels}, indent=1))
+                                                  "max_length": quant.max_length or trained or 256, "labels": labels,
+                                                  **({"blend": blend} if blend else {})}, indent=1))
     shutil.rmtree(out, ignore_errors=True); tmp.replace(out)
     return out
+
+def _copy_baseline(baseline: str | Path, weight: float, out: Path) -> dict:
+    "Copy a baseline pipeline into a variant folder; the blend's entry of `variant.json`."
+    baseline = Path(baseline)
+    if not baseline.is_file(): raise FileNotFoundError(f"no baseline pipeline at {baseline} (see workbench.baselines.fit_baselines)")
+    if not 0 <= weight <= 1: raise ValueError(f"weight must be in [0, 1] (the transformer's share), got {weight}")
+    shutil.copy(baseline, out / "baseline.joblib")
+    return {"file": "baseline.joblib", "kind": baseline.stem, "weight": float(weight)}
 
 def _export_onnx(model, tok, out: Path, int8: bool):
     "torch.onnx.export with dynamic batch and sequence axes; optionally ORT dynamic int8."
@@ -161,6 +173,9 @@ class Predictor:
         limit = getattr(config, "max_position_embeddings", 512)
         if self.max_length > limit: raise ValueError(f"max_length {self.max_length} is more than the model can read ({limit} positions)")
         self.labels = _labels(config)
+        self.blend, self._baseline = spec.get("blend"), None  # the baseline is loaded on first use (after any integrity check)
+        if self.blend and not (self.path / self.blend.get("file", "")).is_file():
+            raise FileNotFoundError(f"{self.path}: variant.json blends in {self.blend.get('file')!r}, which is missing")
         if self.variant.startswith("onnx"):
             if device != "cpu": raise ValueError(f"{self.path}: ONNX variants run on ONNX Runtime's CPU provider here; use device='cpu'")
             self._session()
@@ -224,6 +239,23 @@ class Predictor:
         z = np.exp(logits - logits.max(1, keepdims=True))
         return z / z.sum(1, keepdims=True)
 
+    @property
+    def name(self) -> str:
+        "The variant, with the blended baseline if any: `int8`, `fp32+tfidf`..."
+        return f"{self.variant}+{self.blend['kind']}" if self.blend else self.variant
+
+    def mix(self, probs: np.ndarray,  # the transformer's probabilities for `texts`
+            texts: Sequence[str],  # the texts
+           ) -> np.ndarray:  # the probabilities served: blended with the baseline's when this variant is a blend
+        "Blend the transformer's probabilities with the baseline's (weight from `variant.json`); as they are otherwise."
+        if not self.blend or not len(texts): return probs
+        if self._baseline is None:
+            import joblib
+            self._baseline = joblib.load(self.path / self.blend["file"])
+        from workbench.baselines import baseline_proba
+        w = self.blend["weight"]
+        return (w * probs + (1 - w) * baseline_proba(self._baseline, texts, len(self.labels))).astype(np.float32)
+
     def predict_proba(self, texts: Sequence[str],  # clean strings (see `predict` for untrusted input)
                      ) -> tuple[np.ndarray, list[bool]]:  # probabilities (n x labels) and truncated flags
         "Class probabilities, computed in length-sorted batches and returned in input order."
@@ -233,7 +265,7 @@ class Predictor:
         for i in range(0, len(ids), self.batch_size):
             sel = order[i:i + self.batch_size]
             out[sel] = self.forward_ids([ids[j] for j in sel])
-        return out, trunc
+        return self.mix(out, list(texts)), trunc
 
     def predict(self, texts: Sequence,  # anything: non-strings and empty texts get an error row
                ) -> pl.DataFrame:  # label, score, probs, truncated, error; one row per input, in order

@@ -249,11 +249,12 @@ class ModelHolder:
         probs = np.zeros((len(ids), len(pred.labels)), dtype=np.float32)
         for sel in length_buckets([len(x) for x in ids], self.cfg.max_batch_size):
             probs[sel] = pred.forward_ids([ids[j] for j in sel])
+        probs = pred.mix(probs, [clean[i] for i in good])  # a blend adds its baseline's probabilities
         out: list[dict] = [{"error": "empty text: nothing left after cleaning"} for _ in texts]
         for k, i in enumerate(good):
             j = int(probs[k].argmax())
             out[i] = {"text": clean[i], "label": pred.labels[j], "confidence": float(probs[k, j]), "probs": dict(zip(pred.labels, map(float, probs[k]))),
-                      "truncated": trunc[k], "tokens": len(ids[k]), "batch_size": len(texts), "version": info["version"], "variant": pred.variant,
+                      "truncated": trunc[k], "tokens": len(ids[k]), "batch_size": len(texts), "version": info["version"], "variant": pred.name,
                       "name": info["name"]}
         return out
 

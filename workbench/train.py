@@ -49,6 +49,7 @@ class TrainConfig:
     group_by_length: bool = True  # batch texts of similar length together (less padding)
     bf16: bool = False  # bfloat16 autocast for the forward pass
     train_rows: int = 0  # train on a seeded sample of this many training rows (a quick or CPU-sized run); 0 = all
+    freeze_layers: int = 0  # full fine-tuning: keep the embeddings and this many lowest encoder layers frozen (faster)
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -62,7 +63,8 @@ class TrainConfig:
                   (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"), (self.weight_decay >= 0, "weight_decay must be >= 0"),
                   (self.patience >= 0, "patience must be >= 0 (0 turns early stopping off)"),
                   (self.class_weights in ("none", "balanced"), "class_weights must be 'none' or 'balanced'"),
-                  (self.train_rows >= 0, "train_rows must be >= 0 (0 = all)")]
+                  (self.train_rows >= 0, "train_rows must be >= 0 (0 = all)"),
+                  (self.freeze_layers >= 0, "freeze_layers must be >= 0 (0 = train every layer)")]
         for ok, msg in checks:
             if not ok: raise ValueError(f"TrainConfig: {msg}; got {self}")
 
@@ -153,6 +155,16 @@ def _check_base(cfg: TrainConfig) -> str:
         raise FileNotFoundError(f"base_model {cfg.base!r} is not a local Hugging Face model folder (no config.json); give a folder, or '' for the bundled MiniLM")
     return cfg.base
 
+def _freeze(model, layers: int):
+    "Stop gradients to the embeddings and the `layers` lowest encoder layers (`...layer.<i>.` in parameter names)."
+    if not layers: return model
+    found = {int(m.group(1)) for n, _ in model.named_parameters() if (m := re.search(r"\.layer\.(\d+)\.", n))}
+    if layers >= len(found): raise ValueError(f"freeze_layers {layers}: the model has {len(found)} encoder layers; freeze fewer")
+    for n, p in model.named_parameters():
+        m = re.search(r"\.layer\.(\d+)\.", n)
+        if "embeddings" in n or (m and int(m.group(1)) < layers): p.requires_grad_(False)
+    return model
+
 def build_model(cfg: TrainConfig,  # the run's configuration
                 labels: Sequence[str],  # label names, by index
                ):  # a transformers model (a peft model for LoRA)
@@ -167,7 +179,7 @@ def build_model(cfg: TrainConfig,  # the run's configuration
         warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation notices reached through peft
         model = AutoModelForSequenceClassification.from_pretrained(
             base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
-    if cfg.method == "full": return model
+    if cfg.method == "full": return _freeze(model, cfg.freeze_layers)
     from peft import LoraConfig, TaskType, get_peft_model
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in cfg.target_modules if t not in names]
