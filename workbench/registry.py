@@ -49,10 +49,11 @@ def _client():
 # MLflow's "models from code": the logged model is this script plus the package, nothing is pickled
 _MODEL_CODE = "import mlflow\nfrom workbench.registry import WorkbenchModel\nmlflow.models.set_model(WorkbenchModel())\n"
 
-def requirements(variant: str) -> list[str]:
-    "Pinned pip requirements of a variant, from the versions installed here."
+def requirements(variant: str, blend: bool = False) -> list[str]:
+    "Pinned pip requirements of a variant (and of its blended baseline), from the versions installed here."
     names = ["torch", "transformers", "tokenizers", "safetensors", "numpy", "polars", "pandas", "pyyaml", "tqdm", "mlflow"]
     if variant.startswith("onnx"): names.append("onnxruntime")
+    if blend: names += ["scikit-learn", "joblib"]
     out = []
     for n in names:
         try: out.append(f"{n}=={_version(n).split('+')[0]}")  # torch's "+cpu" local tag is not on PyPI
@@ -91,21 +92,23 @@ def folder_digest(folder: str | Path,  # a model (variant) folder
 
 # %% ../nbs/35_registry.ipynb #0a99bd11
 SEALED_TAGS = ("variant", "labels", "macro_f1", "delta_macro_f1", "p95_ms", "cpu_p95_ms", "run_id",
-               "dataset_fingerprint", "model_sha256")
+               "dataset_fingerprint", "model_sha256", "seal_format", "blend", "baseline", "baseline_macro_f1", "lift", "lift_sd")
+_SEALED_V1 = SEALED_TAGS[:9]  # versions registered before the baselines: their seals cover these
 
 def numbers_seal(name: str,  # registered model name
                  version: str,  # its version
                  tags: dict,  # the version's tags
                 ) -> str:  # the seal of the tags the gate reads
     "The seal of a model version's registered numbers."
-    return seal({"name": name, "version": str(version), **{k: tags.get(k) for k in SEALED_TAGS}})
+    keys = SEALED_TAGS if tags.get("seal_format") == "2" else _SEALED_V1
+    return seal({"name": name, "version": str(version), **{k: tags.get(k) for k in keys}})
 
 # %% ../nbs/35_registry.ipynb #05745ba4
 def register(variant_dir: str | Path,  # a variant folder (`workbench.infer.build_variant`)
              name: str,  # registered model name
-             metrics: dict,  # this variant's row of the parity report (macro_f1, delta_macro_f1, p95_ms, ...)
+             metrics: dict,  # this variant's row of the parity report (macro_f1, delta_macro_f1, p95_ms, ...; lift, lift_sd...)
              run_id: str | None = None,  # log into this run (the training run); default a new run
-             lineage: dict | None = None,  # extra tags: dataset fingerprint, training run, ...
+             lineage: dict | None = None,  # extra tags: dataset fingerprint, training run, `baseline` (the kind beaten)...
              alias: str = "challenger",  # alias to set on the new version
              experiment: str = "workbench",  # MLflow experiment for a new run
             ):  # the new `ModelVersion`
@@ -123,14 +126,16 @@ def register(variant_dir: str | Path,  # a variant folder (`workbench.infer.buil
     sig = infer_signature(example, WorkbenchModel.frame(pred, example["text"].tolist()))
     nums = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
     tags = {"variant": pred.variant, "labels": ",".join(pred.labels), "git_commit": git_commit() or "unknown",
-            **{k: repr(v) for k, v in nums.items()}, **{k: str(v) for k, v in (lineage or {}).items()}}
+            **{k: repr(v) for k, v in nums.items()}, **{k: str(v) for k, v in (lineage or {}).items()},
+            "seal_format": "2", "blend": pred.blend["kind"] if pred.blend else "none"}
+    tags.setdefault("baseline", "none")  # always sealed: deleting it cannot turn the first-champion check off
     with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=f"register-{name}") as run, \
          tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pip/pydantic notices while MLflow validates the input example
         code = Path(tmp) / "workbench_model.py"; code.write_text(_MODEL_CODE)
         info = mlflow.pyfunc.log_model(name="model", python_model=str(code), artifacts={"model": str(variant_dir)},
                                        code_paths=[str(Path(workbench.__file__).resolve().parent)], signature=sig, input_example=example,
-                                       pip_requirements=requirements(pred.variant), registered_model_name=name,
+                                       pip_requirements=requirements(pred.variant, bool(pred.blend)), registered_model_name=name,
                                        metadata={"workbench_variant": pred.variant})
         mlflow.log_metrics({f"{pred.variant}_{k}": v for k, v in nums.items()})
     client = _client()
@@ -190,7 +195,8 @@ def load_predictor(info: dict,  # from `resolve_model`
 @dataclass(frozen=True)
 class GateConfig:
     "The promotion gate's thresholds."
-    min_macro_f1: float = 0.80  # the first champion needs at least this macro-F1
+    min_macro_f1: float = 0.0  # an absolute floor for the first champion's macro-F1 (0: none, the baseline decides)
+    min_lift_sd: float = 1.0  # the first champion must beat the best baseline by more than this many sd of the test noise
     tolerance: float = 0.005  # a challenger may trail the champion's macro-F1 by at most this
     max_parity_drop: float = 0.005  # the variant may lose at most this macro-F1 against fp32
     max_p95_ms: float = 100.0  # p95 CPU time of one text on one core, in milliseconds
@@ -198,13 +204,13 @@ class GateConfig:
     def __post_init__(self):
         if not 0 <= self.min_macro_f1 <= 1:
             raise ValueError(f"GateConfig: min_macro_f1 must be in [0, 1], got {self.min_macro_f1}")
-        if self.tolerance < 0 or self.max_parity_drop < 0:
-            raise ValueError("GateConfig: tolerance and max_parity_drop must be >= 0")
+        if self.tolerance < 0 or self.max_parity_drop < 0 or self.min_lift_sd < 0:
+            raise ValueError("GateConfig: tolerance, max_parity_drop and min_lift_sd must be >= 0")
         if self.max_p95_ms <= 0: raise ValueError(f"GateConfig: max_p95_ms must be > 0, got {self.max_p95_ms}")
 
     def loosened(self) -> dict:
         "The thresholds that are looser than the defaults: {name: {default, used}}."
-        base, lower_is_looser = GateConfig(), {"min_macro_f1"}
+        base, lower_is_looser = GateConfig(), {"min_macro_f1", "min_lift_sd"}
         out = {}
         for k, v in asdict(self).items():
             d = getattr(base, k)
@@ -244,6 +250,25 @@ def _check(ok: bool, detail: str, value=None, threshold=None) -> dict:
     "One gate check as recorded: verdict, readable detail, the value measured and the threshold it met or missed."
     return {"passed": bool(ok), "detail": detail, "value": value, "threshold": threshold}
 
+# %% ../nbs/35_registry.ipynb #bd99a8e1
+def _first_quality(name: str, version: str, f1: float, tags: dict, gate: GateConfig) -> dict:
+    "The first champion's quality check: more than the noise above the best baseline, and the floor `min_macro_f1`."
+    floor = f1 >= gate.min_macro_f1
+    floor_note = f"; the floor min_macro_f1 {gate.min_macro_f1:.4f} {'met' if floor else 'MISSED'}" if gate.min_macro_f1 else ""
+    base = tags.get("baseline", "none")
+    if base == "none":
+        return _check(floor, f"macro-F1 {f1:.4f}; no baseline was recorded for v{version}, so only the floor "
+                             f"min_macro_f1 {gate.min_macro_f1:.4f} applies", f1, gate.min_macro_f1)
+    bf1, sd = float(tags["baseline_macro_f1"]), float(tags["lift_sd"])
+    lift, need = f1 - bf1, gate.min_lift_sd * sd
+    ok = lift > need and floor
+    detail = (f"macro-F1 {f1:.4f} vs the best baseline ({base}) {bf1:.4f}: lift {lift * 100:+.2f} points, needs more than "
+              f"{need * 100:.2f} ({gate.min_lift_sd:g} x the paired-bootstrap sd {sd * 100:.2f}){floor_note}")
+    if not ok:
+        detail += (f"; the baseline does about as well: train on more rows or epochs, or promote it anyway with "
+                   f"`workbench promote {name} {version} --force --reason '...'`")
+    return _check(ok, detail, lift, need)
+
 # %% ../nbs/35_registry.ipynb #e2c16faf
 def _gate_checks(name, cand, champ, gate: GateConfig, test) -> tuple[dict, dict]:
     "The gate's checks of a candidate against the champion (integrity, quality, parity, latency), and its numbers."
@@ -256,10 +281,7 @@ def _gate_checks(name, cand, champ, gate: GateConfig, test) -> tuple[dict, dict]
         ok2, detail2 = _integrity(name, champ)
         ok, detail = ok and ok2, f"{detail}; champion {detail2}"
     checks = {"integrity": _check(ok, detail)}
-    if champ is None or str(champ.version) == cv:
-        ok = f1 >= gate.min_macro_f1
-        checks["quality"] = _check(ok, f"macro-F1 {f1:.4f} {'>=' if ok else '<'} the first-champion minimum "
-                                       f"{gate.min_macro_f1:.4f}", f1, gate.min_macro_f1)
+    if champ is None or str(champ.version) == cv: checks["quality"] = _first_quality(name, cv, f1, t, gate)
     else:
         cf1 = _macro_f1(f"models:/{name}/{champ.version}", test) if test is not None else float(champ.tags["macro_f1"])
         nums["champion_macro_f1"] = cf1

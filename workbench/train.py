@@ -380,8 +380,9 @@ def train(cfg: TrainConfig,  # the run's configuration
           progress: bool = True,  # progress bars
           stop_after: int | None = None,  # stop after this many epochs (an interruption; call again with the same `out`)
           tracking: bool = True,  # log to MLflow
-         ) -> dict:  # `fit`'s result plus `run_id` and `fingerprint`
-    "Fine-tune on a prepared dataset and log the run, its data version and its model to MLflow."
+          baselines: Sequence[str] = ("tfidf", "frozen"),  # baselines fitted on the same split (`workbench.baselines`)
+         ) -> dict:  # `fit`'s result plus `run_id`, `fingerprint` and `baselines`
+    "Fine-tune on a prepared dataset, fit the baselines on the same split, log it all to MLflow."
     frames, labels, fp = load_splits(dataset)
     frames["train"] = sample_rows(frames["train"], cfg.train_rows, cfg.seed)
     out = Path(out) if out else workspace("training", f"{Path(dataset).name}-{time.strftime('%Y%m%dT%H%M%S')}")
@@ -409,12 +410,18 @@ def train(cfg: TrainConfig,  # the run's configuration
     except BaseException:
         if run: mlflow.end_run("FAILED")
         raise
-    res.update(fingerprint=fp, run_id=run.info.run_id if run else None)
+    res.update(fingerprint=fp, run_id=run.info.run_id if run else None, baselines=[])
+    if not res["interrupted"] and rank == 0 and baselines:
+        from workbench.baselines import fit_baselines
+        res["baselines"] = fit_baselines(frames, labels, out / "baselines", baselines, cfg.base_model, cfg.max_length)
     if run and res["interrupted"]: mlflow.end_run("KILLED")
     elif run:
         v = res["validation"]
         mlflow.log_metrics({"best_val_macro_f1": v["macro_f1"], "best_val_accuracy": v["accuracy"], "best_epoch": res["best_epoch"],
                             **{f"val_f1_{metric_key(k)}": c["f1"] for k, c in v["per_class"].items()}})
+        for b in res["baselines"]:
+            mlflow.log_metrics({f"baseline_{b['kind']}_{k}": b[k] for k in ("val_macro_f1", "test_macro_f1", "test_sd", "seconds")})
+        if res["baselines"]: mlflow.log_artifacts(str(out / "baselines"), "baselines")
         mlflow.log_figure(confusion_figure(v["confusion"], labels), "confusion_matrix.png")
         mlflow.log_artifact(str(out / "metrics.json")); mlflow.log_artifact(str(out / "train_config.json"))
         if res["adapter"]: mlflow.log_artifacts(res["adapter"], "adapter")
