@@ -85,7 +85,7 @@ def hostile(tmp_path_factory):
     names = {"dataset": f"data {IMG}", "contract": str(root / "contract.yaml")}
     model = f"model {IMG}"
     train = {**names, "source": str(root / "tickets.csv"), "name": model, "train_rows": 0, "max_length": 32,
-             "min_macro_f1": 0, "max_parity_drop": 1, "max_p95_ms": 10000, "latency_samples": 3}
+             "min_lift_sd": 0, "max_parity_drop": 1, "max_p95_ms": 10000, "latency_samples": 3}
     monitor = {**names, "source": str(root / "new.csv"), "model": f"models:/{model}@champion", "explain_rows": 4,
                "embedding_rows": 0, "min_slice_rows": 1, "features": "channel,product,region"}
     for pipeline, params in (("train", train), ("monitor", monitor)):

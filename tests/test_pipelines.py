@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, workbench_cmd
 
 # tiny and fast: 200 training rows of 32 tokens, one epoch; a gate that lets the tiny model through
-TINY = ["-p", "train_rows=200", "-p", "max_length=32", "-p", "min_macro_f1=0", "-p", "max_parity_drop=1",
+TINY = ["-p", "train_rows=200", "-p", "max_length=32", "-p", "min_lift_sd=0", "-p", "max_parity_drop=1",
         "-p", "max_p95_ms=10000", "-p", "latency_samples=5"]
 
 

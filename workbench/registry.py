@@ -261,7 +261,7 @@ def _first_quality(name: str, version: str, f1: float, tags: dict, gate: GateCon
                              f"min_macro_f1 {gate.min_macro_f1:.4f} applies", f1, gate.min_macro_f1)
     bf1, sd = float(tags["baseline_macro_f1"]), float(tags["lift_sd"])
     lift, need = f1 - bf1, gate.min_lift_sd * sd
-    ok = lift > need and floor
+    ok = (lift > need or not gate.min_lift_sd) and floor  # min_lift_sd 0 turns the baseline check off (a loosening)
     detail = (f"macro-F1 {f1:.4f} vs the best baseline ({base}) {bf1:.4f}: lift {lift * 100:+.2f} points, needs more than "
               f"{need * 100:.2f} ({gate.min_lift_sd:g} x the paired-bootstrap sd {sd * 100:.2f}){floor_note}")
     if not ok:

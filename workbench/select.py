@@ -102,7 +102,7 @@ def evaluate_candidates(model_dir: str | Path,  # the merged fp32 model folder o
     parent = {v: "fp32" for v in dirs}
     for b in base:  # one blend per baseline: its weight chosen for fp32, kept for the quantized variants
         w, _ = blend_weight(pv["fp32"], bv[b["kind"]], yv)
-        if w >= 1: continue  # the baseline adds nothing
+        if not 0 < w < 1: continue  # the baseline adds nothing, or the transformer does not (the baseline row shows that)
         for v in list(dict.fromkeys(["fp32", *variants])):
             name = f"{v}+{b['kind']}"
             dirs[name] = build_variant(model_dir, folder / name.replace("+", "-"), QuantConfig(v), baseline=b["path"], weight=w)
