@@ -36,16 +36,22 @@ def test_prepare_job_on_sample_files(home, name):
     assert set(cur["split"]) == {"train", "validation", "test"}
     if name == "tickets_dirty":
         _, expected = make_dirty()
-        assert m["quarantine_reasons"] == {k: v for k, v in expected.items() if k not in ("valid", "rows")}
+        conflicts = m["quarantine_reasons"].get("label_conflict", 0)  # decided across rows: the generator does not count them
+        assert {k: v for k, v in m["quarantine_reasons"].items() if k != "label_conflict"} == \
+            {k: v for k, v in expected.items() if k not in ("valid", "rows")}
+        assert rows["curated"] + rows["duplicates"] + conflicts == expected["valid"]
         q = load_dataset(home / "datasets" / name, "quarantine").collect()
         assert q.height == rows["quarantined"] and q["reason"].null_count() == 0
         # a quarantined row keeps its original values: its body is byte-for-byte what the file held (lossy-decoded)
         raw = pl.read_csv(src, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True).with_row_index("source_row", 1)
+        q = q.filter(pl.col("reason") != "label_conflict")  # valid rows whose text has two labels: kept redacted, as curated
         joined = q.join(raw.with_columns(pl.col("source_row").cast(pl.Int64)), on="source_row", suffix="_raw")
         assert joined.height == q.height
         assert (joined["body"].fill_null("\0") == joined["body_raw"].fill_null("\0")).all()
     else:
-        assert rows["quarantined"] == 0 and rows["duplicates"] > 0 and sum(m["pii_redacted"].values()) > 0
+        # the only rows of the clean files set aside: re-sent tickets whose label was flipped (identical texts, two labels)
+        assert set(m["quarantine_reasons"]) == {"label_conflict"} and rows["quarantined"] == m["quarantine_reasons"]["label_conflict"]
+        assert rows["duplicates"] > 0 and sum(m["pii_redacted"].values()) > 0
 
 
 def test_prepare_job_failure_keeps_the_notebook(home):

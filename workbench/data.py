@@ -330,7 +330,8 @@ def clean_text(e: pl.Expr,  # a string column
 
 # %% ../nbs/10_data.ipynb #fde5bdce
 REASONS = ("undecodable_bytes", "extra_fields", "missing_id", "duplicate_id", "missing_text", "empty_text",
-           "text_too_short", "text_too_long", "missing_label", "unknown_label", "bad_timestamp", "wrong_type")
+           "text_too_short", "text_too_long", "missing_label", "unknown_label", "bad_timestamp", "wrong_type",
+           "label_conflict")  # the last one is decided across rows: the same text with another label (see `_parts`)
 
 _CASTS = {"int": pl.Int64, "float": pl.Float64, "bool": pl.Boolean}
 
@@ -408,7 +409,7 @@ def stage(lf: pl.LazyFrame,  # raw rows, every column a string (see `scan_file`)
             dt.datetime.fromisoformat(c.time_max).replace(tzinfo=dt.timezone.utc), closed="left")) if c.time_col else pl.lit(False),
         "wrong_type": wrong_type,
     }
-    reasons = pl.concat_list([pl.when(checks[r].fill_null(False)).then(pl.lit(r)) for r in REASONS]).list.drop_nulls()
+    reasons = pl.concat_list([pl.when(checks[r].fill_null(False)).then(pl.lit(r)) for r in REASONS if r in checks]).list.drop_nulls()
     return lf.with_columns(reasons=reasons).with_columns(reason=pl.col("reasons").list.first())
 
 # %% ../nbs/10_data.ipynb #8b4b7e7b
@@ -539,6 +540,15 @@ def dedup_key(e: pl.Expr,  # cleaned text (see `clean_text`)
     "The duplicate key of a cleaned text: lower-case, line breaks as spaces, hashed to 64 bits."
     return e.str.to_lowercase().str.replace_all("\n\n?", " ").hash(seed=0x5EED)
 
+# %% ../nbs/10_data.ipynb #75aafba3
+def _label_conflict(prior_keys: pl.DataFrame | None) -> pl.Expr:
+    "Rows whose text (duplicate key) comes with more than one label, in this batch or against curated batches."
+    here = pl.col("_label").n_unique().over("_key") > 1
+    if prior_keys is None or not len(prior_keys) or "_label" not in prior_keys.columns: return here
+    pairs = prior_keys.select("_key", "_label").unique()
+    other = pl.struct("_key", "_label").is_in(pairs.select(pl.struct("_key", "_label")).to_series().implode())
+    return here | (pl.col("_key").is_in(pairs["_key"].implode()) & ~other)
+
 # %% ../nbs/10_data.ipynb #2853c6ae
 def _stage_pass(lf, c: Contract, labels, prior_ids) -> pl.LazyFrame:
     "Every row with its reasons, typed values, redacted text columns, the joined text (`_joined`) and duplicate key."
@@ -556,6 +566,14 @@ def _parts(st: pl.LazyFrame, raw_cols, c: Contract, split: SplitConfig, prior_ke
     names = st.collect_schema().names()
     quarantine = st.filter(pl.col("reason").is_not_null()).select(*raw_cols, "source_file", "source_row", "reason", "reasons", batch=pl.lit(batch))
     valid = st.filter(pl.col("reason").is_null())
+    if c.label_col:  # the same text with different labels: no row of it is curated, none is resolved silently
+        valid = valid.with_columns(_conflict=_label_conflict(prior_keys))
+        red = {t: pl.col(f"_red_{t}") for t in c.text_cols if f"_red_{t}" in names}  # the redacted text, not the raw one
+        conflicts = (valid.filter(pl.col("_conflict")).with_columns(**red)
+                     .select(*raw_cols, "source_file", "source_row", reason=pl.lit("label_conflict"),
+                             reasons=pl.concat_list(pl.lit("label_conflict")), batch=pl.lit(batch)))
+        quarantine = pl.concat([quarantine, conflicts], how="vertical_relaxed")
+        valid = valid.filter(~pl.col("_conflict")).drop("_conflict")
     dup = ~pl.col("_key").is_first_distinct()
     if prior_keys is not None and len(prior_keys): dup = dup | pl.col("_key").is_in(prior_keys["_key"].implode())
     valid = valid.with_columns(_dup=dup)
@@ -572,7 +590,7 @@ def _parts(st: pl.LazyFrame, raw_cols, c: Contract, split: SplitConfig, prior_ke
                .select(*keep, text="_joined", split="split", pii_redacted="pii_redacted", source_file="source_file",
                        source_row="source_row", batch="batch"))
     firsts = valid.filter(~pl.col("_dup")).select("_key", duplicate_of=pl.col(c.id_col))
-    if prior_keys is not None and len(prior_keys): firsts = pl.concat([prior_keys.lazy(), firsts])
+    if prior_keys is not None and len(prior_keys): firsts = pl.concat([prior_keys.lazy().select("_key", "duplicate_of"), firsts])
     dups = (valid.filter(pl.col("_dup")).select(c.id_col, "_key", "source_file", "source_row", batch=pl.lit(batch))
             .join(firsts.unique("_key", keep="first"), on="_key", how="left", maintain_order="left").drop("_key"))
     pii = curated.select(**{k: v.sum() for k, v in pii_counts(pl.col("text")).items()})
@@ -727,7 +745,14 @@ def _ingest(out, lf, files, batch, contract, split, ledger) -> dict:
     prior_ids = prior_keys = None
     if prior is not None:
         prior_ids = pl.concat([prior.select(pl.col(contract.id_col).cast(pl.String)), prior_dups.select(pl.col(contract.id_col).cast(pl.String))]).collect().to_series()
-        prior_keys = prior.select(_key=dedup_key(pl.col("text")), duplicate_of=pl.col(contract.id_col)).collect()
+        label = pl.col(contract.label_col).cast(pl.String) if contract.label_col else pl.lit(None, pl.String)
+        prior_keys = prior.select(_key=dedup_key(pl.col("text")), duplicate_of=pl.col(contract.id_col), _label=label).collect()
+        if contract.label_col:  # texts quarantined as conflicting stay conflicting: no later batch curates one of their labels
+            q = load_dataset(out, "quarantine").filter(pl.col("reason") == "label_conflict")
+            texts = [t for t in contract.text_cols if t in q.collect_schema().names()]
+            joined = pl.concat_str([pl.col(t) for t in texts], separator="\n\n", ignore_nulls=True)
+            known = q.select(_key=dedup_key(joined), duplicate_of=pl.col(contract.id_col).cast(pl.String), _label=pl.lit(None, pl.String))
+            prior_keys = pl.concat([prior_keys, known.collect()], how="vertical_relaxed") if texts else prior_keys
     raw_cols = [n for n in lf.collect_schema().names() if n not in ("source_file", "source_row")]
     staged = out / "curated" / f"{batch}.staged.tmp"
     _stage_pass(lf, contract, labels, prior_ids).sink_parquet(staged, compression="lz4", engine="streaming")
