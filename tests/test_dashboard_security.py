@@ -84,7 +84,7 @@ def hostile(tmp_path_factory):
     (root / "contract.yaml").write_text(yaml.safe_dump({**contract, "labels": ["billing", "other", "refunds"]}))
     names = {"dataset": f"data {IMG}", "contract": str(root / "contract.yaml")}
     model = f"model {IMG}"
-    train = {**names, "source": str(root / "tickets.csv"), "name": model, "train_rows": 0, "max_length": 32,
+    train = {**names, "source": str(root / "tickets.csv"), "name": model, "train_rows": 0, "max_length": 32, "epochs": 1, "method": "lora",
              "min_lift_sd": 0, "max_parity_drop": 1, "max_p95_ms": 10000, "latency_samples": 3}
     monitor = {**names, "source": str(root / "new.csv"), "model": f"models:/{model}@champion", "explain_rows": 4,
                "embedding_rows": 0, "min_slice_rows": 1, "features": "channel,product,region"}

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from conftest import ROOT, workbench_cmd
 
-# tiny and fast: 200 training rows of 32 tokens, one epoch; a gate that lets the tiny model through
-TINY = ["-p", "train_rows=200", "-p", "max_length=32", "-p", "min_lift_sd=0", "-p", "max_parity_drop=1",
+# tiny and fast: the smoke-test profile (LoRA, one epoch) at 200 training rows of 32 tokens; a gate that lets it through
+TINY = ["-f", str(ROOT / "nbs" / "jobs" / "smoke.yaml"), "-p", "train_rows=200", "-p", "max_length=32", "-p", "min_lift_sd=0", "-p", "max_parity_drop=1",
         "-p", "max_p95_ms=10000", "-p", "latency_samples=5"]
 
 
@@ -163,7 +163,8 @@ def test_score_job_on_bad_input(ws, trained, tmp_path, source, expect):
 @pytest.mark.parametrize("method,extra", [("lora", []), ("full", ["-p", "lr=5e-5", "-p", "class_weights=none"])])
 def test_train_job_matrix(ws, trained, method, extra):
     dataset = next(s for s in trained[1]["steps"] if s["id"] == "prepare")["outputs"]["dataset_dir"]
-    r = wb(ws, "job", "train", "-p", f"dataset_dir={dataset}", "-p", f"method={method}", "-p", "train_rows=64", "-p", "max_length=32", *extra)
+    r = wb(ws, "job", "train", "-p", f"dataset_dir={dataset}", "-p", f"method={method}", "-p", "train_rows=64", "-p", "max_length=32", "-p", "epochs=1",
+           *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"training     {method} on small" in r.stdout
     nb = Path(r.stdout.split("executed notebook:")[1].strip())
@@ -456,7 +457,8 @@ def test_continuous_retraining_on_alert(ws, trained):
     "retrain=true: the alert retrains on the old and new data together, and the new version goes through the gate."
     before = {mv.version for mv in _client(ws).search_model_versions("name='tickets'")}
     r = wb(ws, "run", "monitor", "-p", f"source={ws / 'new.csv'}", "-p", "dataset=small", "-p", "retrain=true", "-p", "explain_rows=0",
-           "-p", "embedding_rows=50", "-p", "train_rows=200", "-p", "max_length=32", "-p", "latency_samples=5")
+           "-p", "embedding_rows=50", "-p", "train_rows=200", "-p", "max_length=32", "-p", "epochs=1", "-p", "method=lora",
+           "-p", "latency_samples=5")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = {s["id"]: s["outputs"] for s in run_record(ws, r.stdout)["steps"]}
     rt = out["retrain"]

@@ -226,7 +226,7 @@ def _serve(args) -> int:
     return 0
 
 # %% ../nbs/80_cli.ipynb #2c878aae
-_GATE_OPTIONS = ("min_lift_sd", "min_macro_f1", "tolerance", "max_parity_drop", "max_p95_ms")
+_GATE_OPTIONS = ("min_macro_f1", "min_lift_sd", "tolerance", "max_parity_drop", "max_p95_ms")
 
 def _promote_parser(pm: argparse.ArgumentParser):
     "Options of `workbench promote`: the version, force and reason, a test set, and one option per gate threshold."

@@ -218,6 +218,8 @@ def model_card_evidence(uri: str,  # `models:/NAME@ALIAS` or `models:/NAME/VERSI
           "aliases": list(getattr(mv, "aliases", []) or []), "created": dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, dt.timezone.utc).isoformat(timespec="seconds"),
           "variant": tags.get("variant"), "labels": tags.get("labels", "").split(",") if tags.get("labels") else [],
           "metrics": {k: float(tags[k]) for k in ("accuracy", "macro_f1", "delta_accuracy", "delta_macro_f1", "agreement", "ece", "size_mb", "p50_ms", "p95_ms", "samples_per_s", "usd_per_million") if k in tags},
+          "baseline": {"kind": tags.get("baseline"), "blend": tags.get("blend"),
+                       **{k: float(tags[k]) for k in ("baseline_macro_f1", "lift", "lift_sd", "val_macro_f1") if k in tags}},
           "gate": {"decision": tags.get("gate.decision"), "reasons": tags.get("gate.reasons"), "at": tags.get("gate.at"),
                    "champion_alias": alias_status(info["name"])},
           "lineage": {k: tags.get(k) for k in ("dataset_fingerprint", "training_run_id", "git_commit", "model_dir", "run_dir")}}
@@ -268,14 +270,14 @@ def _limitations(ev: dict) -> list[str]:
     labels = ((ev.get("data") or {}).get("labels") or {})
     if labels:
         total = sum(labels.values())
-        small = [f"{_e(k)} ({v / total:.1%})" for k, v in labels.items() if v / total < 0.07]
-        if small: out.append("Classes with little training data: " + ", ".join(small) + ".")
+        small = [f"{_e(k)} ({v / total:.1%})" for k, v in labels.items() if v / total < 0.5 / len(labels)]  # under half an even share
+        if small: out.append("Classes with little training data (under half of an even share): " + ", ".join(small) + ".")
     params = (ev.get("training") or {}).get("params", {})
     if params.get("max_length"): out.append(f"Texts are truncated to {_e(params['max_length'])} tokens; what comes later in a long text is not read.")
     langs = (((ev.get("drift_baseline") or {}).get("language") or {}).get("top") or {})
     if langs: out.append("Languages seen in training: " + ", ".join(f"{_e(k)} ({v:.0%})" for k, v in langs.items()) + "; other languages are out of scope until monitored.")
-    out.append("Predictions are suggestions for routing; a person should review low-confidence predictions and any decision that affects a customer.")
-    out.append("Quality is measured on held-out tickets from the same period as training; drift monitoring (the `monitor` job) is what says whether it still holds.")
+    out.append("Predictions are suggestions; a person should review low-confidence predictions and any decision that affects people.")
+    out.append("Quality is measured on held-out rows from the same period as training; drift monitoring (the `monitor` job) is what says whether it still holds.")
     return out
 
 def model_card_markdown(ev: dict) -> str:
@@ -283,11 +285,18 @@ def model_card_markdown(ev: dict) -> str:
     m, lin, g = ev.get("metrics", {}), ev.get("lineage", {}), ev.get("gate", {})
     L = [f"# Model card: {_e(ev['name'])} version {_e(ev['version'])}", "",
          f"*Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from the registry, the training run and the dataset manifest.*", "",
-         "## Intended use", "", ev.get("intended_use") or "Classify incoming customer-support tickets (subject and body) into queues, to route them.", "",
+         "## Intended use", "", _e(ev.get("intended_use") or f"Classify a text into one of {len(ev.get('labels', []))} labels, as learned from the "
+                             f"labelled rows of dataset {(ev.get('data') or {}).get('dataset') or 'of the training run'}. (Give the govern job an "
+                             "`intended_use` to say what the predictions are for and who acts on them.)"), "",
          "## Model", "",
          f"- **Registered**: {_e(ev['uri'])}, aliases {_e(', '.join(ev['aliases']) or 'none')}, created {_e(ev['created'])}",
          f"- **Served variant**: {_e(ev.get('variant'))}; classes: {_e(', '.join(ev.get('labels', [])))}",
          f"- **Promotion gate**: {_e(g.get('decision'))} at {_e(g.get('at'))}; {_e(g.get('reasons'))}"]
+    b = ev.get("baseline") or {}
+    if b.get("kind") not in (None, "none") and "lift" in b:
+        L.append(f"- **Against the baselines**: test macro-F1 {b['lift'] * 100:+.2f} points over the best baseline of its training run, "
+                 f"{_e(b['kind'])} ({b['baseline_macro_f1']:.4f}); the test set's noise on that lift is {b['lift_sd'] * 100:.2f} points "
+                 f"(one paired-bootstrap standard deviation)" + (f"; the served model blends in {_e(b['blend'])}" if b.get("blend") not in (None, "none") else ""))
     st = g.get("champion_alias") or {}
     if st.get("outside_gate"): L.append(f"- **WARNING, moved outside the gate**: {_e(st['detail'])}")
     elif st: L.append(f"- **Champion alias**: {_e(st['detail'])}")

@@ -79,6 +79,7 @@ def evaluate_candidates(model_dir: str | Path,  # the merged fp32 model folder o
                         folder: str | Path,  # where the variant folders are written
                         variants: Sequence[str] = ("int8", "fp32"),  # the quantized variants to consider
                         baselines: str | Path | None = None,  # the run's `baselines/` folder; default `<model_dir>/../baselines`
+                        blend_with: Sequence[str] = ("tfidf",),  # baselines to blend in (frozen embeddings add little to the model)
                         max_parity_drop: float = 0.005,  # macro-F1 a variant may lose against its fp32 parent
                         max_p95_ms: float = 100.0,  # the latency budget: p95 CPU ms of one text on one core
                         latency_samples: int = 50,  # single-text calls per variant
@@ -100,7 +101,7 @@ def evaluate_candidates(model_dir: str | Path,  # the merged fp32 model folder o
     brow, bv, bt = {}, {}, {}
     for b in base: brow[b["kind"]], bv[b["kind"]], bt[b["kind"]] = _baseline_row(b, frames, labels, price_per_core_hour)
     parent = {v: "fp32" for v in dirs}
-    for b in base:  # one blend per baseline: its weight chosen for fp32, kept for the quantized variants
+    for b in (b for b in base if b["kind"] in blend_with):  # one blend per baseline: its weight chosen for fp32, kept for the others
         w, _ = blend_weight(pv["fp32"], bv[b["kind"]], yv)
         if not 0 < w < 1: continue  # the baseline adds nothing, or the transformer does not (the baseline row shows that)
         for v in list(dict.fromkeys(["fp32", *variants])):
