@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("source", nargs="+", help="files, globs or landing folders")
     pr.add_argument("--out", help="dataset folder (default <workspace>/datasets/<name>)")
     pr.add_argument("--name", default="tickets", help="dataset name (default: tickets)")
-    pr.add_argument("--contract", help="contract file (YAML, TOML or JSON); default: the built-in contract")
+    pr.add_argument("--contract", help="contract file (YAML, TOML or JSON); default: the dataset's own, else one inferred from the data")
     pr.add_argument("--stratify", action="store_true", help="exact label proportions in each split")
     pr.add_argument("--skip-bad-files", action="store_true", help="record unreadable files and go on, instead of failing")
     pr.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
@@ -101,11 +101,20 @@ def main(argv: list[str] | None = None) -> int:  # the exit code
     return 0
 
 def _prepare(args) -> int:
-    from workbench.data import SplitConfig, prepare, summarise
+    from workbench.data import Contract, SplitConfig, infer_contract, prepare, summarise
     out = Path(args.out) if args.out else workspace("datasets", args.name)
-    m = prepare(args.source, out, args.contract, SplitConfig(stratify=args.stratify),
+    contract, notes = args.contract, []
+    if contract is None and (out / "manifest.json").is_file():  # a later batch: the dataset's own contract
+        contract = Contract(**json.loads((out / "manifest.json").read_text())["contract"])
+    elif contract is None:
+        contract, notes = infer_contract(args.source)
+    m = prepare(args.source, out, contract, SplitConfig(stratify=args.stratify),
                 on_bad_file="skip" if args.skip_bad_files else "raise")
-    print(json.dumps(m, indent=2, default=str) if args.json else summarise(m))
+    if notes:
+        saved = contract.save(out / "contract.yaml")
+        notes = ["contract     inferred from the data (no --contract); edit it and pass it with --contract to change it:",
+                 *(f"             {n}" for n in notes), f"             written to {saved}"]
+    print(json.dumps(m, indent=2, default=str) if args.json else "\n".join([*notes, summarise(m)]))
     return 0 if m["balanced"] else 1
 
 def _job(args) -> int:

@@ -19,7 +19,7 @@ _log = logging.getLogger(__name__)
 __all__ = ['ColumnType', 'FORMATS', 'N_EXTRA', 'RESERVED', 'REASONS', 'LINEAGE_COLS', 'PARTS', 'Contract', 'list_sources',
            'scan_file', 'count_records', 'clean_text', 'parse_time', 'parse_typed', 'stage', 'SplitConfig', 'hash_unit',
            'split_expr', 'fingerprint', 'sha256_file', 'read_ledger', 'dataset_files', 'load_dataset',
-           'combined_fingerprint', 'dedup_key', 'prepare', 'summarise', 'read_for_scoring']
+           'combined_fingerprint', 'dedup_key', 'prepare', 'summarise', 'infer_contract', 'read_for_scoring']
 
 # %% ../nbs/10_data.ipynb #d4f4a556
 ColumnType = Literal["str", "int", "float", "bool", "datetime"]
@@ -788,6 +788,59 @@ def summarise(m: dict,  # a manifest from `prepare`
     if m.get("skipped_files"): lines.append("skipped      " + "; ".join(f"{f['path']} (same as {f['same_as']})" for f in m["skipped_files"]))
     if m.get("ignored_files"): lines.append("ignored      " + ", ".join(m["ignored_files"]) + " (not data files)")
     return "\n".join(lines)
+
+# %% ../nbs/10_data.ipynb #83037377
+_ID_NAMES = re.compile(r"^(id|uuid|guid|key|row_?id|record_?id|.*_id)$", re.I)
+_LABEL_NAMES = re.compile(r"^(label|labels|class|category|intent|topic|queue|target|y|tag|type|sentiment)$", re.I)
+_TIME_NAMES = re.compile(r"(time|date|created|updated|timestamp|_at$|^ts$)", re.I)
+_TEXT_NAMES = re.compile(r"(text|subject|title|body|message|description|content|comment|note|summary|gloss|review)", re.I)
+
+# %% ../nbs/10_data.ipynb #fd139d31
+def _values(s: pl.Series) -> pl.Series:
+    "The non-blank values of a string column, trimmed."
+    v = s.drop_nulls().str.strip_chars()
+    return v.filter(v != "")
+
+def infer_contract(source: str | Path | Iterable[str | Path],  # the new data: a file, a glob, a folder, or a list
+                   rows: int = 2000,  # rows of the first file that are looked at
+                  ) -> tuple[Contract, list[str]]:  # the contract, and one line per choice saying why
+    "Infer a contract (id, text, label, time and typed columns) from the first data file of `source`."
+    files = list_sources(source)
+    if not files: raise FileNotFoundError(f"no data files in {source}: nothing to infer a contract from")
+    df = scan_file(files[0], reserved=[r for r in RESERVED if r != "text"]).head(rows).collect()  # a lone `text` column is allowed
+    df = df.select([c for c in df.columns if c not in ("source_file", "source_row") and not c.startswith("_extra_")])
+    vals = {c: _values(df[c]) for c in df.columns}
+    numeric = {c for c, v in vals.items() if v.len() and v.cast(pl.Float64, strict=False).null_count() == 0}
+    ids = [c for c in df.columns if _ID_NAMES.match(c) and vals[c].len() == df.height and vals[c].n_unique() == df.height]
+    if not ids: raise ValueError(f"{files[0]}: no id column (named id, ..._id, uuid or key, with a unique value on every row) among "
+                                 f"{df.columns}; add one (a row number will do) or write a contract (see sample_data/contract.yaml)")
+    notes = [f"id     {ids[0]}: named like an id, unique on all {df.height} rows read"]
+    free = [c for c in df.columns if c != ids[0]]
+    named = [c for c in free if _LABEL_NAMES.match(c) and 2 <= vals[c].n_unique() <= max(2, df.height // 2)]
+    short = lambda c: not _TEXT_NAMES.search(c) and vals[c].str.len_chars().mean() < 20
+    fewest = sorted((vals[c].n_unique(), c) for c in free if c not in numeric and 2 <= vals[c].n_unique() <= 100 and short(c))
+    label = named[0] if named else fewest[0][1] if fewest else None
+    if label is None: raise ValueError(f"{files[0]}: no label column (named label, class, category... or a string column with 2 to 100 "
+                                       f"values) among {free}; write a contract that names label_col")
+    how = "named like a label" if named else "the string column with the fewest distinct values"
+    notes.append(f"label  {label}: {how}, {vals[label].n_unique()} distinct values")
+    free.remove(label)
+    fmts = Contract().time_formats
+    parses = lambda c: vals[c].len() > 0 and vals[c].to_frame().select(parse_time(pl.col(c), fmts).is_not_null().mean()).item() > 0.9
+    times = [c for c in free if _TIME_NAMES.search(c) and parses(c)]
+    time_col = times[0] if times else None
+    notes.append(f"time   {time_col}: named like a time, parses as a timestamp" if time_col else "time   none: no column named like a time parses as one")
+    free = [c for c in free if c != time_col]
+    long = lambda c: vals[c].len() and vals[c].str.len_chars().mean() >= (5 if _TEXT_NAMES.search(c) else 20)
+    texts = [c for c in free if c not in numeric and long(c)]
+    if not texts: raise ValueError(f"{files[0]}: no text column (a string column whose values average 20 characters or more) among {free}; "
+                                   "write a contract that names text_cols")
+    notes.append(f"text   {', '.join(texts)}: string columns of 20 characters or more on average, 5 if named like a text "
+                 "(joined in this order)")
+    types = {c: "int" if vals[c].cast(pl.Int64, strict=False).null_count() == 0 else "float" for c in free if c in numeric}
+    if types: notes.append("types  " + ", ".join(f"{c}: {t}" for c, t in types.items()))
+    contract = Contract(id_col=ids[0], text_cols=tuple(texts), label_col=label, time_col=time_col, required=(ids[0], label), types=types)
+    return contract, notes
 
 # %% ../nbs/10_data.ipynb #21867af7
 def read_for_scoring(source: str | Path | Iterable[str | Path],  # new data: a file, a glob, a folder, or a list
