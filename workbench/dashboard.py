@@ -41,7 +41,7 @@ def load_models() -> pl.DataFrame:
     schema = {"name": pl.String, "version": pl.Int64, "aliases": pl.String, "variant": pl.String, "created": pl.Datetime("ms", "UTC"),
               "macro_f1": pl.Float64, "delta_macro_f1": pl.Float64, "p50_ms": pl.Float64, "p95_ms": pl.Float64, "samples_per_s": pl.Float64,
               "usd_per_million": pl.Float64, "size_mb": pl.Float64, "gate": pl.String, "gate_reasons": pl.String, "training_run_id": pl.String,
-              "dataset_fingerprint": pl.String}
+              "dataset_fingerprint": pl.String, "baseline": pl.String, "baseline_macro_f1": pl.Float64, "lift": pl.Float64, "lift_sd": pl.Float64}
     try:
         c = _client()
         versions = c.search_model_versions()
@@ -55,7 +55,8 @@ def load_models() -> pl.DataFrame:
              "created": dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.timezone.utc),
              **{k: num(v.tags, k) for k in ("macro_f1", "delta_macro_f1", "p50_ms", "p95_ms", "samples_per_s", "usd_per_million", "size_mb")},
              "gate": v.tags.get("gate.decision"), "gate_reasons": v.tags.get("gate.reasons"), "training_run_id": v.tags.get("training_run_id"),
-             "dataset_fingerprint": v.tags.get("dataset_fingerprint")} for v in versions]
+             "dataset_fingerprint": v.tags.get("dataset_fingerprint"), "baseline": v.tags.get("baseline"),
+             **{k: num(v.tags, k) for k in ("baseline_macro_f1", "lift", "lift_sd")}} for v in versions]
     return pl.DataFrame(rows, schema=schema).sort("name", "version", descending=[False, True])
 
 @pn.cache(ttl=TTL)
@@ -298,14 +299,18 @@ class Overview(Page):
             pn.indicators.Number(name="champion version", value=row["version"], format="v{value}", font_size="28pt", css_classes=["wb-kpi"]),
             pn.indicators.Number(name="test macro-F1", value=round(row["macro_f1"] or 0, 4), format="{value:.3f}", font_size="28pt", css_classes=["wb-kpi"]),
             pn.indicators.Number(name="p95 latency (ms)", value=round(row["p95_ms"] or 0, 1), format="{value:.1f}", font_size="28pt", css_classes=["wb-kpi"]),
-            pn.indicators.Number(name="USD per million", value=round(row["usd_per_million"] or 0, 3), format="${value:.2f}", font_size="28pt", css_classes=["wb-kpi"]))
+            pn.indicators.Number(name="USD per million", value=round(row["usd_per_million"] or 0, 3), format="${value:.2f}", font_size="28pt", css_classes=["wb-kpi"]),
+            pn.indicators.Number(name="lift over the best baseline (points)", value=round((row["lift"] or 0) * 100, 2), format="{value:+.2f}",
+                                 font_size="28pt", css_classes=["wb-kpi"]))
+        versus = (f"; against the best baseline of its training run ({md_text(row['baseline'])}, test macro-F1 {row['baseline_macro_f1']:.3f}): "
+                  f"{row['lift'] * 100:+.2f} points, test noise {row['lift_sd'] * 100:.2f} (paired-bootstrap sd)") if row["lift"] is not None else ""
         status = pn.pane.HTML(f"<b>Monitoring status</b> {status_badge(last['status'] if last else None)} "
                               + (f"({html.escape(str(last['recommendation']))}, {last['created']:%Y-%m-%d %H:%M} UTC, "
                                  f"{last['rows']} rows)" if last else
                                  "no monitoring run yet: <code>workbench run monitor</code>"))
         runs = load_runs().head(10)
         return pn.Column(outside_gate_alert(self.model), f"**{md_text(self.model)}** version {row['version']} ({md_text(row['variant'])}), "
-                         f"aliases: {md_text(row['aliases'] or 'none')}; gate: {md_text(row['gate'])}",
+                         f"aliases: {md_text(row['aliases'] or 'none')}; gate: {md_text(row['gate'])}{versus}",
                          cards, status, "### Last runs", table(runs.select("run_id", "pipeline", "status", "created", "seconds", "failed_step"), "runs") if runs.height else empty("pipeline run", "workbench run main"))
 
 class Data(Page):
@@ -338,7 +343,7 @@ class Training(Page):
         if not hist.height: return empty("training metrics", "workbench run train")
         return pn.Column(line_chart(hist.filter(pl.col("metric") == "val_macro_f1"), "epoch", "value", "run", "Validation macro-F1 per epoch", "macro-F1"),
                          line_chart(hist.filter(pl.col("metric") == "train_loss"), "epoch", "value", "run", "Training loss per epoch", "loss"),
-                         "### Runs compared", table(m.select("version", "aliases", "variant", "macro_f1", "delta_macro_f1", "gate", "training_run_id", "created"), "versions"),
+                         "### Runs compared", table(m.select("version", "aliases", "variant", "macro_f1", "delta_macro_f1", "baseline", "lift", "gate", "training_run_id", "created"), "versions"),
                          sizing_mode="stretch_width")
 
 class Inference(Page):
