@@ -20,13 +20,14 @@ __all__ = ['BASELINES', 'Baseline', 'tfidf_features', 'FrozenEncoder', 'macro_f1
            'bootstrap_lift', 'fit_baselines', 'best_baseline']
 
 # %% ../nbs/25_baselines.ipynb #41f49585
-def tfidf_features(max_features: int = 100_000,  # character n-grams kept (the most frequent)
+def tfidf_features(max_features: int = 100_000,  # word and character n-grams kept, each (the most frequent)
+                   min_df: int = 2,  # character n-grams in fewer training texts are dropped
                   ):  # an unfitted scikit-learn transformer: texts -> sparse TF-IDF features
     "Word 1-2 gram and character 2-5 gram TF-IDF, sublinear term frequency."
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import make_union
-    words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
-    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2, max_features=max_features)
+    words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=max_features)
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=min_df, max_features=max_features)
     return make_union(words, chars)
 
 # %% ../nbs/25_baselines.ipynb #276b74a1
@@ -99,8 +100,10 @@ def fit_baseline(kind: Baseline,  # "tfidf" or "frozen"
     from sklearn.pipeline import Pipeline
     if kind not in BASELINES: raise ValueError(f"baseline {kind!r} is not one of {BASELINES}")
     if not Cs: raise ValueError("Cs is empty: give at least one regularisation strength, e.g. (0.5, 2, 8, 32)")
+    if train["label"].n_unique() < 2: raise ValueError(f"baseline {kind}: the training split has {train['label'].n_unique()} label(s); it needs 2")
+    if valid.height == 0: raise ValueError(f"baseline {kind}: the validation split is empty; C is chosen on it")
     t0 = time.perf_counter()
-    feats = tfidf_features() if kind == "tfidf" else FrozenEncoder(base_model, max_length)
+    feats = tfidf_features(min_df=2 if train.height >= 50 else 1) if kind == "tfidf" else FrozenEncoder(base_model, max_length)
     X = feats.fit_transform(train["text"].to_list())
     V = feats.transform(valid["text"].to_list())
     idx = {l: i for i, l in enumerate(labels)}
@@ -136,6 +139,7 @@ def bootstrap_lift(y_true: Sequence[int],  # true label indices of the test rows
     y, p = np.asarray(y_true), np.asarray(pred)
     b = None if base is None else np.asarray(base)
     if not len(y): raise ValueError("no test rows to bootstrap")
+    if rounds < 2: raise ValueError(f"rounds must be >= 2 for a standard deviation, got {rounds}")
     rng = np.random.default_rng(seed)
     score = lambda i: macro_f1(y[i], p[i], n_labels) - (macro_f1(y[i], b[i], n_labels) if b is not None else 0.0)
     draws = np.array([score(rng.integers(0, len(y), len(y))) for _ in range(rounds)])
@@ -151,14 +155,16 @@ def fit_baselines(frames: dict[str, pl.DataFrame],  # train, validation and test
                   base_model: str = "",  # the encoder of `frozen`
                   max_length: int = 128,  # tokens per text for `frozen`
                  ) -> list[dict]:  # per baseline: kind, C, val/test macro-F1, test noise (sd), seconds, path
-    "Fit each baseline on train, choose C on validation, score test; save the pipelines."
+    "Fit each baseline on train, choose C on validation, score test; save the pipelines. One that cannot be fitted is skipped."
     import joblib
     rows = []
     for kind in kinds:
-        res = fit_baseline(kind, frames["train"], frames["validation"], labels, base_model=base_model, max_length=max_length)
+        try: res = fit_baseline(kind, frames["train"], frames["validation"], labels, base_model=base_model, max_length=max_length)
+        except ValueError as e:  # too little data for this baseline: the run goes on without it, and says so
+            _log.warning("baseline %s skipped: %s", kind, e); continue
         yt = np.array([list(labels).index(l) for l in frames["test"]["label"]])
-        pt = baseline_proba(res["pipeline"], frames["test"]["text"], len(labels)).argmax(1)
-        noise = bootstrap_lift(yt, pt, None, len(labels)) if len(yt) else {"macro_f1": float("nan"), "sd": float("nan")}
+        noise = {"macro_f1": float("nan"), "sd": float("nan")}
+        if len(yt): noise = bootstrap_lift(yt, baseline_proba(res["pipeline"], frames["test"]["text"], len(labels)).argmax(1), None, len(labels))
         row = {k: res[k] for k in ("kind", "C", "val_macro_f1", "seconds")}
         row.update(test_macro_f1=noise["macro_f1"], test_sd=noise["sd"], path=None)
         if out is not None:

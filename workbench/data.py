@@ -790,8 +790,10 @@ def summarise(m: dict,  # a manifest from `prepare`
     return "\n".join(lines)
 
 # %% ../nbs/10_data.ipynb #83037377
-_ID_NAMES = re.compile(r"^(id|uuid|guid|key|row_?id|record_?id|.*_id)$", re.I)
-_LABEL_NAMES = re.compile(r"^(label|labels|class|category|intent|topic|queue|target|y|tag|type|sentiment)$", re.I)
+_ID_NAMES = re.compile(r"^(id|uuid|guid|key|row_?id|record_?id)$|_id$", re.I)  # id, ticket_id
+_CAMEL_ID = re.compile(r"[a-z](ID|Id)$")  # TicketID, ticketId (case matters: not "paid")
+_FOREIGN = re.compile(r"^(customer|user|account|client|parent|owner|agent|session|order|product|org|company|contact)", re.I)
+_LABEL_ORDER = ("label", "labels", "class", "category", "intent", "topic", "queue", "target", "sentiment", "y", "tag", "type")
 _TIME_NAMES = re.compile(r"(time|date|created|updated|timestamp|_at$|^ts$)", re.I)
 _TEXT_NAMES = re.compile(r"(text|subject|title|body|message|description|content|comment|note|summary|gloss|review)", re.I)
 
@@ -800,6 +802,8 @@ def _values(s: pl.Series) -> pl.Series:
     "The non-blank values of a string column, trimmed."
     v = s.drop_nulls().str.strip_chars()
     return v.filter(v != "")
+
+def _is_id(name: str) -> bool: return bool(_ID_NAMES.search(name) or _CAMEL_ID.search(name))
 
 def infer_contract(source: str | Path | Iterable[str | Path],  # the new data: a file, a glob, a folder, or a list
                    rows: int = 2000,  # rows of the first file that are looked at
@@ -810,34 +814,39 @@ def infer_contract(source: str | Path | Iterable[str | Path],  # the new data: a
     df = scan_file(files[0], reserved=[r for r in RESERVED if r != "text"]).head(rows).collect()  # a lone `text` column is allowed
     df = df.select([c for c in df.columns if c not in ("source_file", "source_row") and not c.startswith("_extra_")])
     vals = {c: _values(df[c]) for c in df.columns}
-    numeric = {c for c, v in vals.items() if v.len() and v.cast(pl.Float64, strict=False).null_count() == 0}
-    ids = [c for c in df.columns if _ID_NAMES.match(c) and vals[c].len() == df.height and vals[c].n_unique() == df.height]
+    padded = lambda c: vals[c].str.contains(r"^0\d").any()  # zip codes, account numbers: text, not numbers
+    numeric = {c for c, v in vals.items() if v.len() and v.cast(pl.Float64, strict=False).null_count() == 0 and not padded(c)}
+    unique = lambda c: vals[c].len() == df.height and vals[c].n_unique() == df.height
+    ids = sorted((c for c in df.columns if _is_id(c) and unique(c)), key=lambda c: (c.lower() != "id", bool(_FOREIGN.match(c))))
     if not ids: raise ValueError(f"{files[0]}: no id column (named id, ..._id, uuid or key, with a unique value on every row) among "
                                  f"{df.columns}; add one (a row number will do) or write a contract (see sample_data/contract.yaml)")
     notes = [f"id     {ids[0]}: named like an id, unique on all {df.height} rows read"]
     free = [c for c in df.columns if c != ids[0]]
-    named = [c for c in free if _LABEL_NAMES.match(c) and 2 <= vals[c].n_unique() <= max(2, df.height // 2)]
-    short = lambda c: not _TEXT_NAMES.search(c) and vals[c].str.len_chars().mean() < 20
+    rank = {n: k for k, n in enumerate(_LABEL_ORDER)}
+    named = sorted((c for c in free if c.lower() in rank and 2 <= vals[c].n_unique() <= max(2, df.height // 2)), key=lambda c: rank[c.lower()])
+    short = lambda c: not _TEXT_NAMES.search(c) and not _is_id(c) and vals[c].str.len_chars().mean() < 20
     fewest = sorted((vals[c].n_unique(), c) for c in free if c not in numeric and 2 <= vals[c].n_unique() <= 100 and short(c))
     label = named[0] if named else fewest[0][1] if fewest else None
     if label is None: raise ValueError(f"{files[0]}: no label column (named label, class, category... or a string column with 2 to 100 "
                                        f"values) among {free}; write a contract that names label_col")
-    how = "named like a label" if named else "the string column with the fewest distinct values"
+    how = "named like a label" if named else "the short string column with the fewest distinct values"
     notes.append(f"label  {label}: {how}, {vals[label].n_unique()} distinct values")
     free.remove(label)
     fmts = Contract().time_formats
     parses = lambda c: vals[c].len() > 0 and vals[c].to_frame().select(parse_time(pl.col(c), fmts).is_not_null().mean()).item() > 0.9
-    times = [c for c in free if _TIME_NAMES.search(c) and parses(c)]
+    stamps = [c for c in free if c not in numeric and parses(c)]
+    times = [c for c in stamps if _TIME_NAMES.search(c)]
     time_col = times[0] if times else None
     notes.append(f"time   {time_col}: named like a time, parses as a timestamp" if time_col else "time   none: no column named like a time parses as one")
-    free = [c for c in free if c != time_col]
+    worded = lambda c: vals[c].str.contains(" ").mean() > 0.5  # text has words: ids, emails, codes and urls do not
     long = lambda c: vals[c].len() and vals[c].str.len_chars().mean() >= (5 if _TEXT_NAMES.search(c) else 20)
-    texts = [c for c in free if c not in numeric and long(c)]
-    if not texts: raise ValueError(f"{files[0]}: no text column (a string column whose values average 20 characters or more) among {free}; "
+    texts = [c for c in free if c not in numeric and c not in stamps and not _is_id(c) and long(c) and (worded(c) or _TEXT_NAMES.search(c))]
+    if not texts: raise ValueError(f"{files[0]}: no text column (a string column of words averaging 20 characters or more) among {free}; "
                                    "write a contract that names text_cols")
-    notes.append(f"text   {', '.join(texts)}: string columns of 20 characters or more on average, 5 if named like a text "
-                 "(joined in this order)")
-    types = {c: "int" if vals[c].cast(pl.Int64, strict=False).null_count() == 0 else "float" for c in free if c in numeric}
+    notes.append(f"text   {', '.join(texts)}: string columns of words, 20 characters or more on average (5 if named like a text), "
+                 "joined in this order")
+    types = {c: "int" if vals[c].cast(pl.Int64, strict=False).null_count() == 0 else "float"
+             for c in free if c in numeric and c != time_col and not _is_id(c)}
     if types: notes.append("types  " + ", ".join(f"{c}: {t}" for c, t in types.items()))
     contract = Contract(id_col=ids[0], text_cols=tuple(texts), label_col=label, time_col=time_col, required=(ids[0], label), types=types)
     return contract, notes

@@ -126,7 +126,9 @@ def _copy_baseline(baseline: str | Path, weight: float, out: Path) -> dict:
     if not baseline.is_file(): raise FileNotFoundError(f"no baseline pipeline at {baseline} (see workbench.baselines.fit_baselines)")
     if not 0 <= weight <= 1: raise ValueError(f"weight must be in [0, 1] (the transformer's share), got {weight}")
     shutil.copy(baseline, out / "baseline.joblib")
-    return {"file": "baseline.joblib", "kind": baseline.stem, "weight": float(weight)}
+    import hashlib
+    digest = hashlib.sha256((out / "baseline.joblib").read_bytes()).hexdigest()  # checked before every unpickling
+    return {"file": "baseline.joblib", "kind": baseline.stem, "weight": float(weight), "sha256": digest}
 
 def _export_onnx(model, tok, out: Path, int8: bool):
     "torch.onnx.export with dynamic batch and sequence axes; optionally ORT dynamic int8."
@@ -250,8 +252,12 @@ class Predictor:
         "Blend the transformer's probabilities with the baseline's (weight from `variant.json`); as they are otherwise."
         if not self.blend or not len(texts): return probs
         if self._baseline is None:
-            import joblib
-            self._baseline = joblib.load(self.path / self.blend["file"])
+            import hashlib, joblib
+            f = self.path / self.blend["file"]
+            data = f.read_bytes()
+            if hashlib.sha256(data).hexdigest() != self.blend.get("sha256"):  # a pickle runs code: only the one written here
+                raise ValueError(f"{f}: not the baseline this variant was built with (sha256 differs); refusing to unpickle it")
+            self._baseline = joblib.load(io.BytesIO(data))
         from workbench.baselines import baseline_proba
         w = self.blend["weight"]
         return (w * probs + (1 - w) * baseline_proba(self._baseline, texts, len(self.labels))).astype(np.float32)
@@ -338,11 +344,12 @@ def single_text_cpu_ms(pred: Predictor,  # the variant to measure
 
 # %% ../nbs/30_infer.ipynb #e23bfb7c
 def model_size_mb(pred: Predictor) -> float:
-    "Size of what the predictor runs: ONNX files, or the serialized (quantized) torch state dict."
-    if pred.variant.startswith("onnx"): return sum(f.stat().st_size for f in pred.path.glob("model.onnx*")) / 2**20
+    "Size of what the predictor runs: ONNX files, or the serialized (quantized) torch state dict; plus a blended baseline."
+    extra = (pred.path / pred.blend["file"]).stat().st_size / 2**20 if pred.blend else 0.0
+    if pred.variant.startswith("onnx"): return extra + sum(f.stat().st_size for f in pred.path.glob("model.onnx*")) / 2**20
     import torch
     buf = io.BytesIO(); torch.save(pred.model.state_dict(), buf)
-    return buf.tell() / 2**20
+    return extra + buf.tell() / 2**20
 
 def measure(pred: Predictor,  # the variant to measure
             texts: Sequence[str],  # texts for the timings

@@ -4,7 +4,7 @@
 
 # %% ../nbs/35_registry.ipynb #79c152e9
 from __future__ import annotations
-import datetime as dt, getpass, hashlib, hmac, json, logging, os, secrets, shlex, shutil, socket, sys, tempfile
+import datetime as dt, getpass, hashlib, hmac, json, logging, math, os, secrets, shlex, shutil, socket, sys, tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version as _version
@@ -181,6 +181,7 @@ def load_predictor(info: dict,  # from `resolve_model`
     if not info.get("name"): return pred  # a folder, not a registered version
     mv = _client().get_model_version(info["name"], info["version"])
     if "gate.seal" not in mv.tags:
+        if pred.blend: raise ValueError(f"{info['uri']} has no seal and blends in a pickled baseline: refusing to load it (re-register it)")
         _log.warning("%s v%s has no seal (registered before sealing): loading it unchecked",
                      info["name"], info["version"])
         return pred
@@ -255,18 +256,27 @@ def _first_quality(name: str, version: str, f1: float, tags: dict, gate: GateCon
     "The first champion's quality check: more than the noise above the best baseline, and the floor `min_macro_f1`."
     floor = f1 >= gate.min_macro_f1
     floor_note = f"; the floor min_macro_f1 {gate.min_macro_f1:.4f} {'met' if floor else 'MISSED'}" if gate.min_macro_f1 else ""
-    base = tags.get("baseline", "none")
+    force = f"`workbench promote {name} {version} --force --reason '...'`"
+    base = tags.get("baseline", "none") if tags.get("seal_format") == "2" else "none"  # older seals do not cover baseline tags
+    if not gate.min_lift_sd:
+        return _check(floor, f"macro-F1 {f1:.4f}; the baseline check is off (min_lift_sd 0){floor_note}", f1, gate.min_macro_f1)
     if base == "none":
-        return _check(floor, f"macro-F1 {f1:.4f}; no baseline was recorded for v{version}, so only the floor "
-                             f"min_macro_f1 {gate.min_macro_f1:.4f} applies", f1, gate.min_macro_f1)
-    bf1, sd = float(tags["baseline_macro_f1"]), float(tags["lift_sd"])
+        ok = floor and gate.min_macro_f1 > 0
+        detail = f"macro-F1 {f1:.4f}; no baseline was recorded for v{version}, so it must meet an explicit floor{floor_note or ' (none set)'}"
+        if not ok: detail += (f"; register it through the evaluate job (it fits the baselines), or set min_macro_f1, or promote it with {force}")
+        return _check(ok, detail, f1, gate.min_macro_f1)
+    try: bf1, sd = float(tags["baseline_macro_f1"]), float(tags["lift_sd"])
+    except (KeyError, ValueError):
+        return _check(False, f"v{version} names the baseline {base} but not its macro-F1 and noise (baseline_macro_f1, lift_sd): "
+                             f"register it again through the evaluate job, or promote it with {force}")
+    if not (math.isfinite(bf1) and math.isfinite(sd)):
+        return _check(False, f"v{version}'s baseline numbers are not finite (macro-F1 {bf1}, sd {sd}): the test split was empty or too "
+                             f"small to measure a lift; prepare more data, or promote it with {force}")
     lift, need = f1 - bf1, gate.min_lift_sd * sd
-    ok = (lift > need or not gate.min_lift_sd) and floor  # min_lift_sd 0 turns the baseline check off (a loosening)
+    ok = lift > need and floor
     detail = (f"macro-F1 {f1:.4f} vs the best baseline ({base}) {bf1:.4f}: lift {lift * 100:+.2f} points, needs more than "
               f"{need * 100:.2f} ({gate.min_lift_sd:g} x the paired-bootstrap sd {sd * 100:.2f}){floor_note}")
-    if not ok:
-        detail += (f"; the baseline does about as well: train on more rows or epochs, or promote it anyway with "
-                   f"`workbench promote {name} {version} --force --reason '...'`")
+    if not ok: detail += f"; the baseline does about as well: train on more rows or epochs, or promote it anyway with {force}"
     return _check(ok, detail, lift, need)
 
 # %% ../nbs/35_registry.ipynb #e2c16faf

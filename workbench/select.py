@@ -17,7 +17,7 @@ from .infer import Predictor, QuantConfig, build_variant, parity_report
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['blend_weight', 'select_candidate', 'read_baselines', 'evaluate_candidates']
+__all__ = ['blend_weight', 'cross_fit_weights', 'select_candidate', 'read_baselines', 'evaluate_candidates']
 
 # %% ../nbs/36_select.ipynb #3a071be1
 def blend_weight(p_model: np.ndarray,  # the transformer's validation probabilities
@@ -30,6 +30,20 @@ def blend_weight(p_model: np.ndarray,  # the transformer's validation probabilit
     scores = [(macro_f1(y, (w * p_model + (1 - w) * p_base).argmax(1), k), w) for w in np.linspace(0, 1, steps + 1)]
     f1, w = max(scores)
     return float(w), float(f1)
+
+# %% ../nbs/36_select.ipynb #aae67e39
+def cross_fit_weights(p_model: np.ndarray,  # the transformer's validation probabilities
+                      p_base: np.ndarray,  # the baseline's validation probabilities
+                      y: Sequence[int],  # true label indices
+                      seed: int = 0,  # seed of the split into two halves
+                     ) -> np.ndarray:  # each validation row's weight, chosen on the other half
+    "Per-row blend weights from two-fold cross-fitting on the validation rows."
+    y = np.asarray(y)
+    half = np.random.default_rng(seed).permutation(len(y)) % 2 == 0
+    w = np.empty(len(y))
+    for part in (half, ~half):
+        w[part] = blend_weight(p_model[~part], p_base[~part], y[~part])[0] if (~part).any() else 1.0
+    return w
 
 # %% ../nbs/36_select.ipynb #8b879eb7
 def select_candidate(rows: Sequence[dict],  # name, servable, parity_ok, latency_ok, val_macro_f1, usd_per_million
@@ -56,11 +70,16 @@ def select_candidate(rows: Sequence[dict],  # name, servable, parity_ok, latency
 
 # %% ../nbs/36_select.ipynb #95d62a2d
 def read_baselines(folder: str | Path | None,  # a `baselines/` folder written by `fit_baselines`; None: none
+                   labels: Sequence[str] | None = None,  # the model's labels: the baselines must have the same, in order
                   ) -> list[dict]:  # its rows, each with its loaded `pipeline`
     "The baselines a training run saved, loaded; [] when there are none."
     import joblib
     if folder is None or not (Path(folder) / "baselines.json").is_file(): return []
-    rows = json.loads((Path(folder) / "baselines.json").read_text())["baselines"]
+    saved = json.loads((Path(folder) / "baselines.json").read_text())
+    if labels is not None and saved.get("labels") != list(labels):
+        raise ValueError(f"{folder}: the baselines were fitted on the labels {saved.get('labels')}, the model has {list(labels)}; "
+                         "use the baselines of the model's own training run")
+    rows = saved["baselines"]
     files = {r["kind"]: Path(folder) / f"{r['kind']}.joblib" for r in rows}  # where they are now, not where they were written
     return [dict(r, path=str(files[r["kind"]]), pipeline=joblib.load(files[r["kind"]])) for r in rows]
 
@@ -97,25 +116,28 @@ def evaluate_candidates(model_dir: str | Path,  # the merged fp32 model folder o
     if unknown: raise ValueError(f"the labels {unknown} are not labels of the model {labels}")
     yv, yt = np.array([idx[l] for l in va["label"]]), np.array([idx[l] for l in te["label"]])
     pv = {v: p.predict_proba(va["text"].to_list())[0] for v, p in preds.items()}
-    base = read_baselines(baselines if baselines is not None else model_dir.parent / "baselines")
+    base = read_baselines(baselines if baselines is not None else model_dir.parent / "baselines", labels)
     brow, bv, bt = {}, {}, {}
     for b in base: brow[b["kind"]], bv[b["kind"]], bt[b["kind"]] = _baseline_row(b, frames, labels, price_per_core_hour)
     parent = {v: "fp32" for v in dirs}
     for b in (b for b in base if b["kind"] in blend_with):  # one blend per baseline: its weight chosen for fp32, kept for the others
         w, _ = blend_weight(pv["fp32"], bv[b["kind"]], yv)
         if not 0 < w < 1: continue  # the baseline adds nothing, or the transformer does not (the baseline row shows that)
+        oof = cross_fit_weights(pv["fp32"], bv[b["kind"]], yv)[:, None]  # validation scores from weights chosen on other rows
         for v in list(dict.fromkeys(["fp32", *variants])):
             name = f"{v}+{b['kind']}"
             dirs[name] = build_variant(model_dir, folder / name.replace("+", "-"), QuantConfig(v), baseline=b["path"], weight=w)
             preds[name], parent[name] = Predictor(dirs[name]), f"fp32+{b['kind']}"
-            pv[name] = w * pv[v] + (1 - w) * bv[b["kind"]]
+            pv[name] = oof * pv[v] + (1 - oof) * bv[b["kind"]]
     report = parity_report(preds, te["text"].to_list(), te["label"].to_list(), latency_samples=latency_samples,
                            price_per_core_hour=price_per_core_hour, progress=False)
     f1 = dict(zip(report["variant"], report["macro_f1"]))
+    vf1 = {k: macro_f1(yv, p.argmax(1), len(labels)) for k, p in pv.items()}
     report = report.with_columns(delta_macro_f1=pl.col("macro_f1") - pl.col("variant").replace_strict({k: f1[p] for k, p in parent.items()}),
-                                 val_macro_f1=pl.col("variant").replace_strict({k: macro_f1(yv, p.argmax(1), len(labels)) for k, p in pv.items()}))
-    rows = [dict(name=r["variant"], servable=r["variant"] in variants or r["variant"].split("+")[0] in variants,
-                 parity_ok=r["delta_macro_f1"] >= -max_parity_drop, latency_ok=r["cpu_p95_ms"] <= max_p95_ms,
+                                 val_macro_f1=pl.col("variant").replace_strict(vf1),
+                                 val_delta_macro_f1=pl.col("variant").replace_strict({k: vf1[k] - vf1[p] for k, p in parent.items()}))
+    rows = [dict(name=r["variant"], servable=r["variant"] in variants or r["variant"].split("+")[0] in variants,  # parity judged on validation
+                 parity_ok=r["val_delta_macro_f1"] >= -max_parity_drop, latency_ok=r["cpu_p95_ms"] <= max_p95_ms,
                  val_macro_f1=r["val_macro_f1"], usd_per_million=r["usd_per_million"]) for r in report.iter_rows(named=True)]
     for k in brow: rows.append(dict(brow[k], parity_ok=True, latency_ok=True, val_macro_f1=macro_f1(yv, bv[k].argmax(1), len(labels))))
     chosen, reason = select_candidate(rows, {k: p.argmax(1) for k, p in {**pv, **bv}.items()}, yv, len(labels))

@@ -237,7 +237,7 @@ class ModelHolder:
         "What `/model` answers."
         p, i, loaded_at = self.current
         return {"uri": self.cfg.model, "resolved": i["uri"], "name": i["name"], "version": i["version"], "alias": i["alias"],
-                "variant": p.variant, "labels": p.labels, "max_length": p.max_length, "loaded_at": loaded_at.isoformat(),
+                "variant": p.name, "labels": p.labels, "max_length": p.max_length, "loaded_at": loaded_at.isoformat(),
                 "reloads": dict(self.reloads)}
 
     def run(self, texts: list[str]) -> list[dict]:
