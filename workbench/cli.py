@@ -112,7 +112,8 @@ def _prepare(args) -> int:
                 on_bad_file="skip" if args.skip_bad_files else "raise")
     if notes:
         saved = contract.save(out / "contract.yaml")
-        notes = ["contract     inferred from the data (no --contract); edit it and pass it with --contract to change it:",
+        notes = ["contract     inferred from the data (no --contract); later batches of this dataset reuse it (to change it, "
+                 "prepare a new dataset with --contract):",
                  *(f"             {n}" for n in notes), f"             written to {saved}"]
     print(json.dumps(m, indent=2, default=str) if args.json else "\n".join([*notes, summarise(m)]))
     return 0 if m["balanced"] else 1
