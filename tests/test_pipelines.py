@@ -59,7 +59,7 @@ def test_train_pipeline_records_everything(ws, trained):
     assert rec["steps"][2]["resolved"]["model_dir"] == out["train"]["model_dir"]
     assert out["evaluate"]["alias"] == "champion" and out["evaluate"]["model_version"] == "1"
     assert "workbench serve --model models:/tickets@champion" in r.stdout  # the summary says how to serve the new champion
-    for text in ("model        tickets version 1 (", "alias champion (gate: promoted)", "macro-F1     fp32 ", "cost         $",
+    for text in ("model        tickets version 1 (", "alias champion (gate: promoted)", "macro-F1     ", "plain fp32 ", "baseline     lift ", "cost         $",
                  "executed notebooks", "mlflow ui --backend-store-uri sqlite:///"):
         assert text in r.stdout, text
     lin = json.loads((root / "lineage.json").read_text())

@@ -299,7 +299,8 @@ def _gate_checks(name, cand, champ, gate: GateConfig, test) -> tuple[dict, dict]
         detail += f"({f1 - cf1:+.4f}; tolerance {gate.tolerance})"
         checks["quality"] = _check(f1 >= cf1 - gate.tolerance, detail, f1 - cf1, -gate.tolerance)
     d = nums["delta_macro_f1"]
-    checks["parity"] = _check(d >= -gate.max_parity_drop, f"{t.get('variant')} vs fp32 macro-F1 {d:+.4f} "
+    blend = f"+{t['blend']}" if t.get("blend", "none") != "none" else ""
+    checks["parity"] = _check(d >= -gate.max_parity_drop, f"{t.get('variant')}{blend} vs fp32{blend} macro-F1 {d:+.4f} "
                               f"(budget -{gate.max_parity_drop})", d, -gate.max_parity_drop)
     cpu = nums["cpu_p95_ms"]
     lat, what = (cpu, "ms of CPU per text on one core") if cpu is not None else (nums["p95_ms"], "ms wall clock")
