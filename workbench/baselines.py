@@ -27,7 +27,8 @@ def tfidf_features(max_features: int = 100_000,  # word and character n-grams ke
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import make_union
     words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=max_features)
-    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=min_df, max_features=max_features)
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=min_df,
+                            max_features=max_features)
     return make_union(words, chars)
 
 # %% ../nbs/25_baselines.ipynb #276b74a1
@@ -100,10 +101,12 @@ def fit_baseline(kind: Baseline,  # "tfidf" or "frozen"
     from sklearn.pipeline import Pipeline
     if kind not in BASELINES: raise ValueError(f"baseline {kind!r} is not one of {BASELINES}")
     if not Cs: raise ValueError("Cs is empty: give at least one regularisation strength, e.g. (0.5, 2, 8, 32)")
-    if train["label"].n_unique() < 2: raise ValueError(f"baseline {kind}: the training split has {train['label'].n_unique()} label(s); it needs 2")
+    if train["label"].n_unique() < 2:
+        raise ValueError(f"baseline {kind}: the training split has {train['label'].n_unique()} label(s); it needs 2")
     if valid.height == 0: raise ValueError(f"baseline {kind}: the validation split is empty; C is chosen on it")
     t0 = time.perf_counter()
-    feats = tfidf_features(min_df=2 if train.height >= 50 else 1) if kind == "tfidf" else FrozenEncoder(base_model, max_length)
+    small = train.height < 50  # too few texts to drop the rare character n-grams
+    feats = tfidf_features(min_df=1 if small else 2) if kind == "tfidf" else FrozenEncoder(base_model, max_length)
     X = feats.fit_transform(train["text"].to_list())
     V = feats.transform(valid["text"].to_list())
     idx = {l: i for i, l in enumerate(labels)}
@@ -155,24 +158,29 @@ def fit_baselines(frames: dict[str, pl.DataFrame],  # train, validation and test
                   base_model: str = "",  # the encoder of `frozen`
                   max_length: int = 128,  # tokens per text for `frozen`
                  ) -> list[dict]:  # per baseline: kind, C, val/test macro-F1, test noise (sd), seconds, path
-    "Fit each baseline on train, choose C on validation, score test; save the pipelines. One that cannot be fitted is skipped."
+    "Fit each baseline on train, choose C on validation, score test, save the pipelines; skip one that cannot fit."
     import joblib
     rows = []
     for kind in kinds:
-        try: res = fit_baseline(kind, frames["train"], frames["validation"], labels, base_model=base_model, max_length=max_length)
+        try: res = fit_baseline(kind, frames["train"], frames["validation"], labels, base_model=base_model,
+                                max_length=max_length)
         except ValueError as e:  # too little data for this baseline: the run goes on without it, and says so
             _log.warning("baseline %s skipped: %s", kind, e); continue
         yt = np.array([list(labels).index(l) for l in frames["test"]["label"]])
         noise = {"macro_f1": float("nan"), "sd": float("nan")}
-        if len(yt): noise = bootstrap_lift(yt, baseline_proba(res["pipeline"], frames["test"]["text"], len(labels)).argmax(1), None, len(labels))
+        if len(yt):
+            pt = baseline_proba(res["pipeline"], frames["test"]["text"], len(labels)).argmax(1)
+            noise = bootstrap_lift(yt, pt, None, len(labels))
         row = {k: res[k] for k in ("kind", "C", "val_macro_f1", "seconds")}
         row.update(test_macro_f1=noise["macro_f1"], test_sd=noise["sd"], path=None)
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)
             row["path"] = str(joblib.dump(res["pipeline"], Path(out) / f"{kind}.joblib")[0])
-        _log.info("baseline %s: validation macro-F1 %.4f (C=%s), test %.4f", kind, row["val_macro_f1"], row["C"], row["test_macro_f1"])
+        _log.info("baseline %s: validation macro-F1 %.4f (C=%s), test %.4f", kind, row["val_macro_f1"], row["C"],
+                  row["test_macro_f1"])
         rows.append(row)
-    if out is not None: (Path(out) / "baselines.json").write_text(json.dumps({"labels": list(labels), "baselines": rows}, indent=1))
+    if out is not None:
+        (Path(out) / "baselines.json").write_text(json.dumps({"labels": list(labels), "baselines": rows}, indent=1))
     return rows
 
 # %% ../nbs/25_baselines.ipynb #b39b8d15

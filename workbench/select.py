@@ -61,92 +61,117 @@ def select_candidate(rows: Sequence[dict],  # name, servable, parity_ok, latency
     if not fast: why.append("none is within the latency budget: choosing among all")
     pool = fast or pool
     best = max(pool, key=lambda r: r["val_macro_f1"])
-    sd = {r["name"]: bootstrap_lift(y_val, val_pred[best["name"]], val_pred[r["name"]], n_labels, rounds=300)["sd"] for r in pool}
-    near = [r for r in pool if best["val_macro_f1"] - r["val_macro_f1"] <= sd[r["name"]]]
+    noise = lambda r: bootstrap_lift(y_val, val_pred[best["name"]], val_pred[r["name"]], n_labels, rounds=300)["sd"]
+    near = [r for r in pool if best["val_macro_f1"] - r["val_macro_f1"] <= noise(r)]
     pick = min(near, key=lambda r: (r["usd_per_million"], -r["val_macro_f1"]))
     why.append(f"best validation macro-F1 {best['name']} {best['val_macro_f1']:.4f}; within one paired-bootstrap sd: "
-               f"{', '.join(r['name'] for r in near)}; the cheapest of these: {pick['name']} (${pick['usd_per_million']:.2f} per million)")
+               f"{', '.join(r['name'] for r in near)}; the cheapest of these: {pick['name']} "
+               f"(${pick['usd_per_million']:.2f} per million)")
     return pick["name"], "; ".join(why)
 
 # %% ../nbs/36_select.ipynb #95d62a2d
 def read_baselines(folder: str | Path | None,  # a `baselines/` folder written by `fit_baselines`; None: none
-                   labels: Sequence[str] | None = None,  # the model's labels: the baselines must have the same, in order
+                   labels: Sequence[str] | None = None,  # the model's labels: the baselines' must be the same
                   ) -> list[dict]:  # its rows, each with its loaded `pipeline`
     "The baselines a training run saved, loaded; [] when there are none."
     import joblib
     if folder is None or not (Path(folder) / "baselines.json").is_file(): return []
     saved = json.loads((Path(folder) / "baselines.json").read_text())
     if labels is not None and saved.get("labels") != list(labels):
-        raise ValueError(f"{folder}: the baselines were fitted on the labels {saved.get('labels')}, the model has {list(labels)}; "
-                         "use the baselines of the model's own training run")
+        raise ValueError(f"{folder}: the baselines were fitted on the labels {saved.get('labels')}, the model has "
+                         f"{list(labels)}; use the baselines of the model's own training run")
     rows = saved["baselines"]
-    files = {r["kind"]: Path(folder) / f"{r['kind']}.joblib" for r in rows}  # where they are now, not where they were written
+    files = {r["kind"]: Path(folder) / f"{r['kind']}.joblib" for r in rows}  # where they are now, not where written
     return [dict(r, path=str(files[r["kind"]]), pipeline=joblib.load(files[r["kind"]])) for r in rows]
 
 # %% ../nbs/36_select.ipynb #b16b36d4
-def _baseline_row(b: dict, frames: dict, labels: list[str], price_per_core_hour: float) -> tuple[dict, np.ndarray, np.ndarray]:
+def _baseline_row(b: dict, frames: dict, labels: list[str], price: float) -> tuple[dict, np.ndarray, np.ndarray]:
     "A baseline's candidate row and its validation and test probabilities (its CPU cost measured on the test texts)."
     pv = baseline_proba(b["pipeline"], frames["validation"]["text"], len(labels))
     c0 = time.process_time()
     pt = baseline_proba(b["pipeline"], frames["test"]["text"], len(labels))
     cpu_per_m = (time.process_time() - c0) / max(1, frames["test"].height) * 1e6
-    return {"name": b["kind"], "servable": False, "usd_per_million": cpu_per_m / 3600 * price_per_core_hour}, pv, pt
+    return {"name": b["kind"], "servable": False, "usd_per_million": cpu_per_m / 3600 * price}, pv, pt
+
+# %% ../nbs/36_select.ipynb #437346c3
+def _blend(model_dir: Path, folder: Path, variants: list[str], b: dict, pb: np.ndarray, pv: dict, yv: np.ndarray,
+          ) -> dict:
+    "Every variant blended with baseline `b` (weight chosen for fp32): folders, cross-fitted validation probabilities."
+    w, _ = blend_weight(pv["fp32"], pb, yv)
+    if not 0 < w < 1: return {}  # the baseline adds nothing, or the transformer does not (the baseline row shows that)
+    oof = cross_fit_weights(pv["fp32"], pb, yv)[:, None]  # validation scores from weights chosen on other rows
+    out = {}
+    for v in variants:
+        name = f"{v}+{b['kind']}"
+        d = build_variant(model_dir, folder / name.replace("+", "-"), QuantConfig(v), baseline=b["path"], weight=w)
+        out[name] = (d, oof * pv[v] + (1 - oof) * pb)
+    return out
+
+def _with_deltas(report: pl.DataFrame, vf1: dict, parent: dict) -> pl.DataFrame:
+    "The parity report with each candidate's deltas against its own fp32 parent, on test and on validation."
+    f1 = dict(zip(report["variant"], report["macro_f1"]))
+    of = lambda d: pl.col("variant").replace_strict(d)
+    return report.with_columns(delta_macro_f1=pl.col("macro_f1") - of({k: f1[p] for k, p in parent.items()}),
+                               val_macro_f1=of(vf1),
+                               val_delta_macro_f1=of({k: vf1[k] - vf1[p] for k, p in parent.items()}))
+
+def _candidate_rows(report: pl.DataFrame, variants: Sequence[str], max_parity_drop: float, max_p95_ms: float,
+                   ) -> list[dict]:
+    "`select_candidate`'s rows of the model's candidates: parity judged on validation, latency on CPU time."
+    return [dict(name=r["variant"], servable=r["variant"].split("+")[0] in variants,
+                 usd_per_million=r["usd_per_million"],
+                 parity_ok=r["val_delta_macro_f1"] >= -max_parity_drop, latency_ok=r["cpu_p95_ms"] <= max_p95_ms,
+                 val_macro_f1=r["val_macro_f1"]) for r in report.iter_rows(named=True)]
 
 # %% ../nbs/36_select.ipynb #6fddd107
 def evaluate_candidates(model_dir: str | Path,  # the merged fp32 model folder of a training run
                         frames: dict[str, pl.DataFrame],  # validation and test frames (`text`, `label`)
                         folder: str | Path,  # where the variant folders are written
                         variants: Sequence[str] = ("int8", "fp32"),  # the quantized variants to consider
-                        baselines: str | Path | None = None,  # the run's `baselines/` folder; default `<model_dir>/../baselines`
-                        blend_with: Sequence[str] = ("tfidf",),  # baselines to blend in (frozen embeddings add little to the model)
+                        baselines: str | Path | None = None,  # the run's baselines; default <model_dir>/../baselines
+                        blend_with: Sequence[str] = ("tfidf",),  # baselines to blend in (frozen embeddings add little)
                         max_parity_drop: float = 0.005,  # macro-F1 a variant may lose against its fp32 parent
                         max_p95_ms: float = 100.0,  # the latency budget: p95 CPU ms of one text on one core
                         latency_samples: int = 50,  # single-text calls per variant
                         price_per_core_hour: float = 0.05,  # USD per CPU core-hour
-                       ) -> dict:  # report (a frame), chosen, reason, dirs, baseline, lift (of the chosen on test)
+                       ) -> dict:  # report, candidates, chosen, reason, dirs, baseline, lift (of the chosen on test)
     "Build, blend, measure and compare every candidate on validation and test; choose one by `select_candidate`."
     model_dir, folder = Path(model_dir), Path(folder)
     va, te = frames["validation"], frames["test"]
-    if va.height == 0 or te.height == 0: raise ValueError("the validation and test splits must both have rows to choose a model")
-    dirs = {v: build_variant(model_dir, folder / v, QuantConfig(v)) for v in dict.fromkeys(["fp32", *variants])}
+    if va.height == 0 or te.height == 0:
+        raise ValueError("the validation and test splits must both have rows to choose a model")
+    built = list(dict.fromkeys(["fp32", *variants]))
+    dirs = {v: build_variant(model_dir, folder / v, QuantConfig(v)) for v in built}
     preds = {v: Predictor(d) for v, d in dirs.items()}
     labels = preds["fp32"].labels
-    idx = {l: i for i, l in enumerate(labels)}
+    k = len(labels)
     unknown = sorted(set(va["label"].to_list() + te["label"].to_list()) - set(labels))
     if unknown: raise ValueError(f"the labels {unknown} are not labels of the model {labels}")
-    yv, yt = np.array([idx[l] for l in va["label"]]), np.array([idx[l] for l in te["label"]])
+    yv, yt = (np.array([labels.index(l) for l in f["label"]]) for f in (va, te))
     pv = {v: p.predict_proba(va["text"].to_list())[0] for v, p in preds.items()}
     base = read_baselines(baselines if baselines is not None else model_dir.parent / "baselines", labels)
     brow, bv, bt = {}, {}, {}
     for b in base: brow[b["kind"]], bv[b["kind"]], bt[b["kind"]] = _baseline_row(b, frames, labels, price_per_core_hour)
     parent = {v: "fp32" for v in dirs}
-    for b in (b for b in base if b["kind"] in blend_with):  # one blend per baseline: its weight chosen for fp32, kept for the others
-        w, _ = blend_weight(pv["fp32"], bv[b["kind"]], yv)
-        if not 0 < w < 1: continue  # the baseline adds nothing, or the transformer does not (the baseline row shows that)
-        oof = cross_fit_weights(pv["fp32"], bv[b["kind"]], yv)[:, None]  # validation scores from weights chosen on other rows
-        for v in list(dict.fromkeys(["fp32", *variants])):
-            name = f"{v}+{b['kind']}"
-            dirs[name] = build_variant(model_dir, folder / name.replace("+", "-"), QuantConfig(v), baseline=b["path"], weight=w)
-            preds[name], parent[name] = Predictor(dirs[name]), f"fp32+{b['kind']}"
-            pv[name] = oof * pv[v] + (1 - oof) * bv[b["kind"]]
+    for b in (b for b in base if b["kind"] in blend_with):  # one blend per baseline and variant
+        for name, (d, p) in _blend(model_dir, folder, built, b, bv[b["kind"]], pv, yv).items():
+            dirs[name], preds[name], pv[name], parent[name] = d, Predictor(d), p, f"fp32+{b['kind']}"
     report = parity_report(preds, te["text"].to_list(), te["label"].to_list(), latency_samples=latency_samples,
                            price_per_core_hour=price_per_core_hour, progress=False)
-    f1 = dict(zip(report["variant"], report["macro_f1"]))
-    vf1 = {k: macro_f1(yv, p.argmax(1), len(labels)) for k, p in pv.items()}
-    report = report.with_columns(delta_macro_f1=pl.col("macro_f1") - pl.col("variant").replace_strict({k: f1[p] for k, p in parent.items()}),
-                                 val_macro_f1=pl.col("variant").replace_strict(vf1),
-                                 val_delta_macro_f1=pl.col("variant").replace_strict({k: vf1[k] - vf1[p] for k, p in parent.items()}))
-    rows = [dict(name=r["variant"], servable=r["variant"] in variants or r["variant"].split("+")[0] in variants,  # parity judged on validation
-                 parity_ok=r["val_delta_macro_f1"] >= -max_parity_drop, latency_ok=r["cpu_p95_ms"] <= max_p95_ms,
-                 val_macro_f1=r["val_macro_f1"], usd_per_million=r["usd_per_million"]) for r in report.iter_rows(named=True)]
-    for k in brow: rows.append(dict(brow[k], parity_ok=True, latency_ok=True, val_macro_f1=macro_f1(yv, bv[k].argmax(1), len(labels))))
-    chosen, reason = select_candidate(rows, {k: p.argmax(1) for k, p in {**pv, **bv}.items()}, yv, len(labels))
+    report = _with_deltas(report, {n: macro_f1(yv, p.argmax(1), k) for n, p in pv.items()}, parent)
+    rows = _candidate_rows(report, variants, max_parity_drop, max_p95_ms)
+    vb = {n: macro_f1(yv, p.argmax(1), k) for n, p in bv.items()}
+    rows += [dict(brow[n], parity_ok=True, latency_ok=True, val_macro_f1=vb[n]) for n in brow]
+    chosen, reason = select_candidate(rows, {n: p.argmax(1) for n, p in {**pv, **bv}.items()}, yv, k)
+    test_f1 = dict(zip(report["variant"], report["macro_f1"]))
+    test_f1 |= {n: macro_f1(yt, p.argmax(1), k) for n, p in bt.items()}
+    best = best_baseline([{"kind": n, "val_macro_f1": f} for n, f in vb.items()])
     tp = preds[chosen].predict_proba(te["text"].to_list())[0].argmax(1)
-    best = best_baseline([{"kind": k, "val_macro_f1": macro_f1(yv, bv[k].argmax(1), len(labels))} for k in bv])
-    lift = bootstrap_lift(yt, tp, bt[best["kind"]].argmax(1), len(labels)) if best else None
-    table = pl.DataFrame([{"candidate": r["name"], "servable": r["servable"], "val_macro_f1": r["val_macro_f1"],
-                           "test_macro_f1": f1.get(r["name"], macro_f1(yt, bt[r["name"]].argmax(1), len(labels)) if r["name"] in bt else None),
-                           "parity_ok": r["parity_ok"], "latency_ok": r["latency_ok"], "usd_per_million": r["usd_per_million"]} for r in rows])
+    lift = bootstrap_lift(yt, tp, bt[best["kind"]].argmax(1), k) if best else None
+    cols = ("servable", "val_macro_f1", "parity_ok", "latency_ok", "usd_per_million")
+    table = pl.DataFrame([{"candidate": r["name"], **{c: r[c] for c in cols}, "test_macro_f1": test_f1[r["name"]]}
+                          for r in rows])
+    table = table.select("candidate", "servable", "val_macro_f1", "test_macro_f1", *cols[2:])
     return {"report": report, "candidates": table, "chosen": chosen, "reason": reason, "dirs": dirs, "labels": labels,
-            "baseline": best["kind"] if best else None, "baseline_test_macro_f1": macro_f1(yt, bt[best["kind"]].argmax(1), len(labels)) if best else None,
-            "lift": lift}
+            "baseline": best["kind"] if best else None, "lift": lift,
+            "baseline_test_macro_f1": test_f1[best["kind"]] if best else None}
