@@ -175,7 +175,7 @@ def test_failed_step_skips_the_rest_and_names_the_cell(ws, trained):
     r = wb(ws, "run", "train", "-p", f"prepare.source={ws / 'tickets.csv'}", "-p", "dataset=small", "-p", "base_model=/no/such/model", *TINY)
     assert r.returncode == 1
     assert "step 'train' failed: job 'train' failed in cell [" in r.stderr and "Traceback" not in r.stderr
-    assert "], line 4 `res = train(cfg, data," in r.stderr  # the line of the job notebook, not of a library
+    assert "], line 6 `res = train(cfg, data," in r.stderr  # the line of the job notebook, not of a library
     assert "FileNotFoundError: base_model '/no/such/model' is not a local Hugging Face model folder" in r.stderr
     assert "later steps skipped: ['evaluate']" in r.stderr and "resume with: workbench run train --resume train-" in r.stderr
     run_id = r.stderr.split("--resume ")[1].split()[0]
