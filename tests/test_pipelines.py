@@ -214,7 +214,7 @@ def test_bad_parameters_are_rejected_before_any_kernel(ws, tmp_path):
              (["-p", "evaluate.epochs=2"], "job 'evaluate' has no parameter 'epochs'"),
              (["-p", "run_dir=/x"], "is set by the runner"),
              (["-p", "epochs=-1"], "parameter 'epochs' of job 'train' must be >= 1, got -1"),
-             (["-p", "lr=0"], "parameter 'lr' of job 'train' must be > 0, got 0.0")]
+             (["-p", "lr=-1"], "parameter 'lr' of job 'train' must be >= 0, got -1.0")]
     (tmp_path / "bad.yaml").write_text("epochs: 2.5\n")
     (tmp_path / "good.yaml").write_text("epochs: 2\nprepare.source: /no/such.csv\n")
     cases.append((["-f", str(tmp_path / "bad.yaml")], "expects int, got 2.5"))
