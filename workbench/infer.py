@@ -18,8 +18,8 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['VARIANTS', 'Variant', 'QuantConfig', 'load_hf', 'quantize_int8', 'layer_sensitivity', 'build_variant', 'Predictor',
-           'scored_columns', 'expected_calibration_error', 'single_text_cpu_ms', 'model_size_mb', 'measure',
-           'parity_report']
+           'scored_columns', 'baseline_variant', 'expected_calibration_error', 'single_text_cpu_ms', 'model_size_mb',
+           'measure', 'parity_report']
 
 # %% ../nbs/30_infer.ipynb #7b08aa15
 VARIANTS = ("fp32", "int8", "bf16", "onnx-fp32", "onnx-int8")
@@ -152,6 +152,13 @@ def _export_onnx(model, tok, out: Path, int8: bool):
         (out / "model.int8.onnx").rename(out / "model.onnx")
 
 # %% ../nbs/30_infer.ipynb #d9a042eb
+def _read_spec(path: Path) -> dict:
+    "A folder's `variant.json` (a plain merged model folder runs as fp32)."
+    f = path / "variant.json"
+    if not f.exists(): return {"variant": "fp32", "keep_fp32": []}
+    try: return json.loads(f.read_text())
+    except (OSError, ValueError) as e: raise ValueError(f"{path}: damaged model folder (variant.json: {str(e)[:200]})") from e
+
 class Predictor:
     "Texts -> labels and probabilities, for any variant folder or registered model."
     def __init__(self, path: str | Path,  # a variant folder (`build_variant`) or a merged model folder (run as fp32)
@@ -160,28 +167,40 @@ class Predictor:
                  max_length: int | None = None,  # override the variant's max_length
                  device: str = "cpu",  # torch device for the fp32 and bf16 variants ("cuda" on a GPU)
                 ):
-        self.path, self.device = Path(path), device
+        self.path, self.device, self.batch_size, self.threads = Path(path), device, batch_size, threads
+        spec = _read_spec(self.path)
+        if spec.get("variant") == "baseline": return self._only_baseline(spec)
         from transformers import AutoConfig, AutoTokenizer
         if not (self.path / "config.json").exists(): raise FileNotFoundError(f"{self.path}: not a model folder (no config.json)")
         try:  # each library raises its own exception types for damaged files: name the folder and the cause
-            spec = json.loads((self.path / "variant.json").read_text()) if (self.path / "variant.json").exists() else {"variant": "fp32", "keep_fp32": []}
             trained = json.loads((self.path / "train_config.json").read_text()).get("max_length") if (self.path / "train_config.json").exists() else None
             self.tok = AutoTokenizer.from_pretrained(self.path)
             config = AutoConfig.from_pretrained(self.path)
         except Exception as e: raise ValueError(f"{self.path}: damaged model folder ({type(e).__name__}: {str(e)[:300]})") from e
-        self.variant, self.batch_size, self.threads = spec.get("variant"), batch_size, threads
+        self.variant = spec.get("variant")
         if self.variant not in VARIANTS: raise ValueError(f"{self.path}/variant.json: unknown variant {self.variant!r}; expected one of {VARIANTS}")
         self.max_length = max_length or spec.get("max_length") or trained or 256
         limit = getattr(config, "max_position_embeddings", 512)
         if self.max_length > limit: raise ValueError(f"max_length {self.max_length} is more than the model can read ({limit} positions)")
         self.labels = _labels(config)
-        self.blend, self._baseline = spec.get("blend"), None  # the baseline is loaded on first use (after any integrity check)
-        if self.blend and not (self.path / self.blend.get("file", "")).is_file():
-            raise FileNotFoundError(f"{self.path}: variant.json blends in {self.blend.get('file')!r}, which is missing")
+        self._blend_entry(spec)
         if self.variant.startswith("onnx"):
             if device != "cpu": raise ValueError(f"{self.path}: ONNX variants run on ONNX Runtime's CPU provider here; use device='cpu'")
             self._session()
         else: self._torch(spec.get("keep_fp32", []))
+
+    def _blend_entry(self, spec: dict):
+        "The blended baseline of `variant.json`, checked to be there; it is loaded on first use (after any integrity check)."
+        self.blend, self._baseline = spec.get("blend"), None
+        if self.blend and not (self.path / self.blend.get("file", "")).is_file():
+            raise FileNotFoundError(f"{self.path}: variant.json blends in {self.blend.get('file')!r}, which is missing")
+
+    def _only_baseline(self, spec: dict):
+        "A baseline served alone (`baseline_variant`): no transformer, no tokenizer; the baseline's probabilities."
+        self.variant, self.labels, self.tok, self.max_length = "baseline", list(spec.get("labels") or []), None, None
+        if not self.labels or not spec.get("blend") or spec["blend"].get("weight") != 0:
+            raise ValueError(f"{self.path}/variant.json: a baseline variant needs its labels and a blend entry of weight 0")
+        self._blend_entry(spec)
 
     def _torch(self, keep):
         import torch
@@ -221,6 +240,7 @@ class Predictor:
     def encode(self, texts: list[str],  # clean strings
               ) -> tuple[list[list[int]], list[bool]]:  # token ids (at most `max_length`) and truncated flags
         "Tokenize, truncating to `max_length` tokens (keeping the final [SEP]) and flagging what was cut."
+        if self.tok is None: return [[] for _ in texts], [False] * len(texts)  # a baseline reads the whole text
         cap = 64 * self.max_length  # characters: a multi-megabyte text must not stall its batch in the tokenizer
         enc = self.tok([t[:cap] for t in texts], truncation=True, max_length=self.max_length + 1)["input_ids"]  # one extra token tells truncation apart
         trunc = [len(x) > self.max_length or len(t) > cap for x, t in zip(enc, texts)]
@@ -230,6 +250,7 @@ class Predictor:
     def forward_ids(self, ids: list[list[int]],  # token ids of one batch (from `encode`)
                    ) -> np.ndarray:  # probabilities, one row per text
         "Probabilities for one batch of token id lists (padded to its longest)."
+        if self.variant == "baseline": return np.zeros((len(ids), len(self.labels)), dtype=np.float32)  # weight 0 in `mix`
         from workbench.train import collate
         b = collate(ids, self.tok.pad_token_id or 0)
         if self.variant.startswith("onnx"):
@@ -243,7 +264,8 @@ class Predictor:
 
     @property
     def name(self) -> str:
-        "The variant, with the blended baseline if any: `int8`, `fp32+tfidf`..."
+        "The variant, with the blended baseline if any: `int8`, `fp32+tfidf`...; a baseline served alone: `tfidf`."
+        if self.variant == "baseline": return self.blend["kind"]
         return f"{self.variant}+{self.blend['kind']}" if self.blend else self.variant
 
     def mix(self, probs: np.ndarray,  # the transformer's probabilities for `texts`
@@ -308,6 +330,23 @@ def scored_columns(pred: Predictor,  # the model
              else pl.DataFrame(schema={f"p_{l}": pl.Float64 for l in pred.labels}))
     return pl.concat([p.select(prediction="label", confidence="score", truncated="truncated", error="error"), probs], how="horizontal")
 
+# %% ../nbs/30_infer.ipynb #d26869b2
+def baseline_variant(baseline: str | Path,  # a baseline pipeline (`workbench.baselines`, joblib)
+                     out: str | Path,  # the variant folder to write (replaced if it exists)
+                     labels: Sequence[str],  # the labels it was fitted on, in order
+                    ) -> Path:  # the variant folder
+    "Write a variant folder that serves a baseline alone: its pipeline and `variant.json` (variant `baseline`)."
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    spec = {"variant": "baseline", "keep_fp32": [], "max_length": None, "labels": list(labels),
+            "blend": _copy_baseline(baseline, 0.0, tmp)}
+    (tmp / "variant.json").write_text(json.dumps(spec, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
 # %% ../nbs/30_infer.ipynb #5a6392cd
 def expected_calibration_error(probs: np.ndarray,  # n x k probabilities
                                y: Sequence[int],  # true label indices
@@ -346,6 +385,7 @@ def single_text_cpu_ms(pred: Predictor,  # the variant to measure
 def model_size_mb(pred: Predictor) -> float:
     "Size of what the predictor runs: ONNX files, or the serialized (quantized) torch state dict; plus a blended baseline."
     extra = (pred.path / pred.blend["file"]).stat().st_size / 2**20 if pred.blend else 0.0
+    if pred.variant == "baseline": return extra
     if pred.variant.startswith("onnx"): return extra + sum(f.stat().st_size for f in pred.path.glob("model.onnx*")) / 2**20
     import torch
     buf = io.BytesIO(); torch.save(pred.model.state_dict(), buf)

@@ -4,15 +4,15 @@
 
 # %% ../nbs/36_select.ipynb #2508947f
 from __future__ import annotations
-import json, logging, time
+import json, logging
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import polars as pl
 
-from .baselines import baseline_proba, best_baseline, bootstrap_lift, macro_f1
-from .infer import Predictor, QuantConfig, build_variant, parity_report
+from .baselines import best_baseline, bootstrap_lift, macro_f1
+from .infer import Predictor, QuantConfig, baseline_variant, build_variant, parity_report
 
 _log = logging.getLogger(__name__)
 
@@ -85,13 +85,9 @@ def read_baselines(folder: str | Path | None,  # a `baselines/` folder written b
     return [dict(r, path=str(files[r["kind"]]), pipeline=joblib.load(files[r["kind"]])) for r in rows]
 
 # %% ../nbs/36_select.ipynb #b16b36d4
-def _baseline_row(b: dict, frames: dict, labels: list[str], price: float) -> tuple[dict, np.ndarray, np.ndarray]:
-    "A baseline's candidate row and its validation and test probabilities (its CPU cost measured on the test texts)."
-    pv = baseline_proba(b["pipeline"], frames["validation"]["text"], len(labels))
-    c0 = time.process_time()
-    pt = baseline_proba(b["pipeline"], frames["test"]["text"], len(labels))
-    cpu_per_m = (time.process_time() - c0) / max(1, frames["test"].height) * 1e6
-    return {"name": b["kind"], "servable": False, "usd_per_million": cpu_per_m / 3600 * price}, pv, pt
+def _alone(base: list[dict], folder: Path, labels: list[str]) -> dict[str, Predictor]:
+    "Each baseline as a variant served alone (`baseline_variant`), by kind."
+    return {b["kind"]: Predictor(baseline_variant(b["path"], folder / b["kind"], labels)) for b in base}
 
 # %% ../nbs/36_select.ipynb #437346c3
 def _blend(model_dir: Path, folder: Path, variants: list[str], b: dict, pb: np.ndarray, pv: dict, yv: np.ndarray,
@@ -115,10 +111,10 @@ def _with_deltas(report: pl.DataFrame, vf1: dict, parent: dict) -> pl.DataFrame:
                                val_macro_f1=of(vf1),
                                val_delta_macro_f1=of({k: vf1[k] - vf1[p] for k, p in parent.items()}))
 
-def _candidate_rows(report: pl.DataFrame, variants: Sequence[str], max_parity_drop: float, max_p95_ms: float,
+def _candidate_rows(report: pl.DataFrame, servable: set[str], max_parity_drop: float, max_p95_ms: float,
                    ) -> list[dict]:
-    "`select_candidate`'s rows of the model's candidates: parity judged on validation, latency on CPU time."
-    return [dict(name=r["variant"], servable=r["variant"].split("+")[0] in variants,
+    "`select_candidate`'s rows of the candidates: parity judged on validation, latency on CPU time."
+    return [dict(name=r["variant"], servable=r["variant"].split("+")[0] in servable,
                  usd_per_million=r["usd_per_million"],
                  parity_ok=r["val_delta_macro_f1"] >= -max_parity_drop, latency_ok=r["cpu_p95_ms"] <= max_p95_ms,
                  val_macro_f1=r["val_macro_f1"]) for r in report.iter_rows(named=True)]
@@ -150,24 +146,26 @@ def evaluate_candidates(model_dir: str | Path,  # the merged fp32 model folder o
     yv, yt = (np.array([labels.index(l) for l in f["label"]]) for f in (va, te))
     pv = {v: p.predict_proba(va["text"].to_list())[0] for v, p in preds.items()}
     base = read_baselines(baselines if baselines is not None else model_dir.parent / "baselines", labels)
-    brow, bv, bt = {}, {}, {}
-    for b in base: brow[b["kind"]], bv[b["kind"]], bt[b["kind"]] = _baseline_row(b, frames, labels, price_per_core_hour)
-    parent = {v: "fp32" for v in dirs}
+    alone = _alone(base, folder, labels)  # a baseline can win: it is served like any variant
+    bv = {n: p.predict_proba(va["text"].to_list())[0] for n, p in alone.items()}
+    parent = {v: "fp32" for v in dirs} | {n: n for n in alone}  # a baseline is its own parent
     for b in (b for b in base if b["kind"] in blend_with):  # one blend per baseline and variant
         for name, (d, p) in _blend(model_dir, folder, built, b, bv[b["kind"]], pv, yv).items():
             dirs[name], preds[name], pv[name], parent[name] = d, Predictor(d), p, f"fp32+{b['kind']}"
+    preds |= alone
+    dirs |= {n: p.path for n, p in alone.items()}
+    pv |= bv
     report = parity_report(preds, te["text"].to_list(), te["label"].to_list(), latency_samples=latency_samples,
                            price_per_core_hour=price_per_core_hour, progress=False)
-    report = _with_deltas(report, {n: macro_f1(yv, p.argmax(1), k) for n, p in pv.items()}, parent)
-    rows = _candidate_rows(report, variants, max_parity_drop, max_p95_ms)
-    vb = {n: macro_f1(yv, p.argmax(1), k) for n, p in bv.items()}
-    rows += [dict(brow[n], parity_ok=True, latency_ok=True, val_macro_f1=vb[n]) for n in brow]
-    chosen, reason = select_candidate(rows, {n: p.argmax(1) for n, p in {**pv, **bv}.items()}, yv, k)
+    vf1 = {n: macro_f1(yv, p.argmax(1), k) for n, p in pv.items()}
+    report = _with_deltas(report, vf1, parent)
+    rows = _candidate_rows(report, set(variants) | set(alone), max_parity_drop, max_p95_ms)
+    chosen, reason = select_candidate(rows, {n: p.argmax(1) for n, p in pv.items()}, yv, k)
     test_f1 = dict(zip(report["variant"], report["macro_f1"]))
-    test_f1 |= {n: macro_f1(yt, p.argmax(1), k) for n, p in bt.items()}
-    best = best_baseline([{"kind": n, "val_macro_f1": f} for n, f in vb.items()])
+    best = best_baseline([{"kind": n, "val_macro_f1": vf1[n]} for n in alone])
     tp = preds[chosen].predict_proba(te["text"].to_list())[0].argmax(1)
-    lift = bootstrap_lift(yt, tp, bt[best["kind"]].argmax(1), k) if best else None
+    bp = preds[best["kind"]].predict_proba(te["text"].to_list())[0].argmax(1) if best else None
+    lift = bootstrap_lift(yt, tp, bp, k) if best else None
     cols = ("servable", "val_macro_f1", "parity_ok", "latency_ok", "usd_per_million")
     table = pl.DataFrame([{"candidate": r["name"], **{c: r[c] for c in cols}, "test_macro_f1": test_f1[r["name"]]}
                           for r in rows])
