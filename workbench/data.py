@@ -19,7 +19,8 @@ _log = logging.getLogger(__name__)
 __all__ = ['ColumnType', 'FORMATS', 'N_EXTRA', 'RESERVED', 'REASONS', 'LINEAGE_COLS', 'PARTS', 'Contract', 'list_sources',
            'scan_file', 'count_records', 'clean_text', 'parse_time', 'parse_typed', 'stage', 'SplitConfig', 'hash_unit',
            'split_expr', 'fingerprint', 'sha256_file', 'read_ledger', 'dataset_files', 'load_dataset',
-           'combined_fingerprint', 'dedup_key', 'prepare', 'summarise', 'infer_contract', 'read_for_scoring']
+           'combined_fingerprint', 'dedup_key', 'prepare', 'summarise', 'infer_contract', 'source_name',
+           'dataset_contract', 'find_dataset', 'read_for_scoring']
 
 # %% ../nbs/10_data.ipynb #d4f4a556
 ColumnType = Literal["str", "int", "float", "bool", "datetime"]
@@ -850,6 +851,40 @@ def infer_contract(source: str | Path | Iterable[str | Path],  # the new data: a
     if types: notes.append("types  " + ", ".join(f"{c}: {t}" for c, t in types.items()))
     contract = Contract(id_col=ids[0], text_cols=tuple(texts), label_col=label, time_col=time_col, required=(ids[0], label), types=types)
     return contract, notes
+
+# %% ../nbs/10_data.ipynb #0b368a93
+def source_name(source: str | Path) -> str:
+    "A dataset name from a source: the file's stem, or the folder's name (a glob's folder)."
+    head = str(source).split("*")[0].rstrip("/\\") or "."
+    stem = Path(head).stem if Path(head).suffix else Path(head).resolve().name
+    return re.sub(r"[^\w.-]+", "-", stem).strip(".-") or "dataset"
+
+# %% ../nbs/10_data.ipynb #3aa209e5
+def dataset_contract(out: str | Path,  # the dataset folder the batch goes to
+                     source: str | Path | Iterable[str | Path],  # the batch
+                     contract: Contract | str | Path | None = None,  # given: used as it is
+                    ) -> tuple[Contract, list[str]]:  # the contract, and what was inferred (empty when nothing was)
+    "A batch's contract: the one given, else the dataset's own (from its manifest), else one inferred from the data."
+    if contract is not None: return (Contract.load(contract) if isinstance(contract, (str, Path)) else contract), []
+    m = Path(out) / "manifest.json"
+    if m.is_file(): return Contract(**json.loads(m.read_text())["contract"]), []
+    return infer_contract(source)
+
+# %% ../nbs/10_data.ipynb #986ffb74
+def find_dataset(name: str = "",  # a dataset name in the workspace
+                 folder: str | Path = "",  # a dataset folder (wins over `name`)
+                 trained_on: str | Path | None = None,  # the dataset a model was trained on (its `dataset_dir` tag)
+                ) -> Path:  # the dataset folder
+    "The dataset a job works on: the folder or name given, else the model's own, else the only one in the workspace."
+    from workbench.config import workspace
+    if folder: return Path(folder)
+    if name: return workspace("datasets", name)
+    if trained_on and (Path(trained_on) / "manifest.json").is_file(): return Path(trained_on)
+    root = workspace("datasets", create=False)
+    found = sorted(p.parent.name for p in root.glob("*/manifest.json"))
+    if len(found) == 1: return root / found[0]
+    if not found: raise LookupError(f"no prepared dataset in {root}: run `workbench prepare FILE` (or the train pipeline) first")
+    raise LookupError(f"{len(found)} datasets in {root} ({', '.join(found)}): name one with -p dataset=NAME")
 
 # %% ../nbs/10_data.ipynb #21867af7
 def read_for_scoring(source: str | Path | Iterable[str | Path],  # new data: a file, a glob, a folder, or a list

@@ -67,15 +67,20 @@ def slice_metrics(df: pl.DataFrame | pl.LazyFrame,  # rows with the true label, 
     return out.with_columns(metric=pl.lit(metric))
 
 # %% ../nbs/45_govern.ipynb #d30fed43
+_WORD = re.compile(r"\w+")
+
 class Explainer:
-    "Token attributions of a model's predictions (integrated gradients)."
+    "Word attributions of a model's predictions: integrated gradients for torch variants, occlusion otherwise."
     def __init__(self, model: Predictor | str | Path,  # a `Predictor`, or a model folder / URI it can load
                  n_steps: int = 32,  # integration steps
                  max_length: int | None = None,  # tokens per text; default the predictor's
                 ):
         import torch
         pred = model if isinstance(model, Predictor) else Predictor.from_uri(str(model))
-        if pred.variant.startswith("onnx"): raise ValueError(f"{pred.path}: explanations need a torch variant's weights (fp32, bf16, int8), not {pred.variant}")
+        self.pred, self.labels, self.method = pred, pred.labels, "integrated gradients"
+        if pred.variant == "baseline" or pred.variant.startswith("onnx"):  # no torch weights: leave each word out instead
+            self.method, self.max_words = "occlusion", 256
+            return
         self.model, self.tok, self.labels = load_hf(pred.path)
         self.model.float().eval()
         self.n_steps, self.max_length = n_steps, max_length or pred.max_length
@@ -91,12 +96,13 @@ class Explainer:
                 batch_size: int = 8,  # texts per attribution pass
                ) -> list[dict]:  # per text: label, probability, target, words [(word, attribution)], convergence_delta
         "Word attributions toward the target class of each text."
-        torch = self._torch
         texts = [texts] if isinstance(texts, str) else list(texts)
         targets = [target] * len(texts) if isinstance(target, str) or target is None else list(target)
         if len(targets) != len(texts): raise ValueError(f"{len(targets)} targets for {len(texts)} texts")
         bad = [t for t in targets if t is not None and t not in self.labels]
         if bad: raise ValueError(f"unknown target class {bad[0]!r}; the model's classes: {self.labels}")
+        if self.method == "occlusion": return [self._occlude(t, g) for t, g in zip(texts, targets)]
+        torch = self._torch
         out = []
         for i in range(0, len(texts), batch_size):
             chunk = texts[i:i + batch_size]
@@ -121,6 +127,16 @@ class Explainer:
                             "target": self.labels[int(tgt[j])], "target_probability": float(p[int(tgt[j])]),
                             "words": [(text[s:e], v) for s, e, v in words.values()], "convergence_delta": float(delta[j])})
         return out
+
+    def _occlude(self, text: str, target: str | None) -> dict:
+        "One text's word attributions by occlusion: how much the target's probability drops without each word."
+        spans = [m.span() for m in _WORD.finditer(text)][:self.max_words]
+        probs = self.pred.predict_proba([text] + [text[:s] + text[e:] for s, e in spans])[0]
+        p = probs[0]
+        j = int(p.argmax()) if target is None else self.labels.index(target)
+        words = [(text[s:e], float(p[j] - q[j])) for (s, e), q in zip(spans, probs[1:])]
+        return {"text": text, "label": self.labels[int(p.argmax())], "probability": float(p.max()), "target": self.labels[j],
+                "target_probability": float(p[j]), "words": words, "convergence_delta": None}
 
     def top_words(self, texts: Sequence[str] | Sequence[dict],  # clean texts (a sample of a split or a batch), or their explanations from `explain`
                   top: int = 10,  # words per class

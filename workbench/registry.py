@@ -24,7 +24,8 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['SEALED_TAGS', 'WorkbenchModel', 'requirements', 'gate_key', 'seal', 'folder_digest', 'numbers_seal', 'register',
-           'resolve_model', 'load_predictor', 'GateConfig', 'promote', 'audit_trail', 'trail_problems', 'alias_status']
+           'default_model', 'resolve_model', 'load_predictor', 'GateConfig', 'promote', 'audit_trail', 'trail_problems',
+           'alias_status']
 
 # %% ../nbs/35_registry.ipynb #5c27de35
 class WorkbenchModel(mlflow.pyfunc.PythonModel):
@@ -148,11 +149,19 @@ def register(variant_dir: str | Path,  # a variant folder (`workbench.infer.buil
     return client.get_model_version(name, ver)  # note: MLflow returns `version` as a str or an int depending on the call
 
 # %% ../nbs/35_registry.ipynb #0b6e30f4
-def resolve_model(uri: str,  # `models:/NAME@ALIAS`, `models:/NAME/VERSION`, or a model folder
+def default_model(alias: str = "champion") -> str:
+    "`models:/NAME@ALIAS` of the only registered model; with none or several, an error that says what to do."
+    names = sorted(m.name for m in _client().search_registered_models())
+    if len(names) == 1: return f"models:/{names[0]}@{alias}"
+    if not names: raise LookupError("no registered model yet: train one first (`workbench run train -p prepare.source=FILE`)")
+    raise LookupError(f"{len(names)} registered models ({', '.join(names)}): name one, e.g. -p model=models:/{names[0]}@{alias}")
+
+def resolve_model(uri: str,  # `models:/NAME@ALIAS`, `models:/NAME/VERSION`, a model folder; "": `default_model()`
                  ) -> dict:  # uri (pinned to a version), name, version, alias, tags
     "Pin a registry URI to the version it names now; a folder is returned as it is."
     import re
     from mlflow.exceptions import MlflowException
+    uri = uri or default_model()
     if not uri.startswith("models:"):
         if not Path(uri).is_dir(): raise FileNotFoundError(f"no model folder at {uri!r}; give a folder or models:/NAME@ALIAS")
         return {"uri": uri, "name": None, "version": None, "alias": None, "tags": {}, "outside_gate": False}
