@@ -58,12 +58,12 @@ def test_train_pipeline_records_everything(ws, trained):
     assert rec["steps"][1]["resolved"]["dataset_dir"] == out["prepare"]["dataset_dir"]  # wiring
     assert rec["steps"][2]["resolved"]["model_dir"] == out["train"]["model_dir"]
     assert out["evaluate"]["alias"] == "champion" and out["evaluate"]["model_version"] == "1"
-    assert "workbench serve --model models:/tickets@champion" in r.stdout  # the summary says how to serve the new champion
-    for text in ("model        tickets version 1 (", "alias champion (gate: promoted)", "macro-F1     ", "plain fp32 ", "baseline     lift ", "cost         $",
+    assert "workbench serve --model models:/small@champion" in r.stdout  # the summary says how to serve the new champion
+    for text in ("model        small version 1 (", "alias champion (gate: promoted)", "macro-F1     ", "plain fp32 ", "baseline     lift ", "cost         $",
                  "executed notebooks", "mlflow ui --backend-store-uri sqlite:///"):
         assert text in r.stdout, text
     lin = json.loads((root / "lineage.json").read_text())
-    assert lin["lineage_id"] == rec["lineage_id"] and lin["model"] == {"name": "tickets", "version": "1", "alias": "champion"}
+    assert lin["lineage_id"] == rec["lineage_id"] and lin["model"] == {"name": "small", "version": "1", "alias": "champion"}
     assert lin["data_fingerprints"]["prepare"] == out["prepare"]["data_fingerprint"] and lin["git_commit"]
     assert [s["notebook_sha256"] for s in lin["steps"]] and lin["steps"][1]["mlflow_run_id"]
     client = _client(ws)
@@ -76,7 +76,7 @@ def test_train_pipeline_records_everything(ws, trained):
         assert [a.path for a in client.list_artifacts(c.info.run_id, "notebook")] == [f"notebook/{c.data.tags['workbench.job']}.ipynb"]
     train_child = next(c for c in children if c.info.run_name == "02-train")
     assert train_child.data.params["epochs"] == "1" and train_child.data.tags["output.training_run_id"] == out["train"]["training_run_id"]
-    assert client.get_model_version_by_alias("tickets", "champion").version in (1, "1")
+    assert client.get_model_version_by_alias("small", "champion").version in (1, "1")
 
 
 def _metrics(rec):
@@ -120,8 +120,8 @@ def test_score_pipeline_uses_the_champion(ws, trained):
     assert r.returncode == 0, r.stderr[-3000:]
     rec = run_record(ws, r.stdout)
     out = rec["steps"][0]["outputs"]
-    champion = str(_client(ws).get_model_version_by_alias("tickets", "champion").version)
-    assert out["scored_model_version"] == champion and out["model_uri"] == f"models:/tickets/{champion}"
+    champion = str(_client(ws).get_model_version_by_alias("small", "champion").version)
+    assert out["scored_model_version"] == champion and out["model_uri"] == f"models:/small/{champion}"
     pred = pl.read_parquet(out["predictions"])
     quarantined = pl.read_parquet(Path(out["predictions"]).with_name("predictions.quarantine.parquet")).height if out["rows_quarantined"] else 0
     assert pred.height + quarantined == 300 and out["rows_scored"] + out["rows_failed"] == pred.height
@@ -131,7 +131,7 @@ def test_score_pipeline_uses_the_champion(ws, trained):
     assert (pred["model_version"] == champion).all()
     assert "labelled     macro-F1" in r.stdout and "predictions  " in r.stdout
     lin = json.loads((ws / "workspace" / "runs" / rec["run_id"] / "lineage.json").read_text())
-    assert lin["inputs_used"]["score"]["model"] == f"models:/tickets/{champion}"
+    assert lin["inputs_used"]["score"]["model"] == f"models:/small/{champion}"
     again = run_record(ws, wb(ws, "run", "score", "-p", f"source={ws / 'new.csv'}").stdout)
     other = ws / "other.csv"; pl.read_csv(ws / "new.csv", infer_schema=False).head(10).write_csv(other)
     changed = run_record(ws, wb(ws, "run", "score", "-p", f"source={other}").stdout)
@@ -256,7 +256,7 @@ def test_a_job_on_its_own_takes_the_run_locks(ws):
 def test_promote_and_audit_from_the_command_line(ws, trained):
     "`workbench promote` re-runs the gate on an existing version; `--force` needs a reason; `workbench audit` sees alias moves outside the gate."
     client = _client(ws)
-    name = "tickets"
+    name = "small"
     champion = str(client.get_model_version_by_alias(name, "champion").version)
     r = wb(ws, "promote", name, champion, "--min-macro-f1", "1.0")
     assert r.returncode == 1, r.stdout + r.stderr
@@ -381,8 +381,8 @@ def test_monitor_pipeline_flags_the_drifted_batch_and_writes_the_model_card(ws, 
     assert (m["status"], m["recommendation"]) == ("alert", "retrain") and {"channel", "product"} <= set(m["drifted"]), m["summary"]
     assert rec["steps"][1]["resolved"]["predictions"] == out["score"]["predictions"]  # wiring
     report = json.loads(Path(m["report"]).read_text())
-    champion = str(_client(ws).get_model_version_by_alias("tickets", "champion").version)
-    assert report["model"]["uri"] == f"models:/tickets/{champion}" and report["rows"]["current"] == out["score"]["rows_scored"]
+    champion = str(_client(ws).get_model_version_by_alias("small", "champion").version)
+    assert report["model"]["uri"] == f"models:/small/{champion}" and report["rows"]["current"] == out["score"]["rows_scored"]
     assert report["performance"]["current"]["n"] == out["score"]["rows_scored"]  # the batch came with labels
     run = _client(ws).get_run(m["mlflow_run_id"])
     assert run.data.tags["status"] == "alert" and run.data.metrics["features.psi.product"] >= 0.25 and run.data.metrics["status_code"] == 3
@@ -391,7 +391,7 @@ def test_monitor_pipeline_flags_the_drifted_batch_and_writes_the_model_card(ws, 
                     "## What the model looks at", "## Drift baseline", "## Latest monitoring", "## Limitations", "## Lineage"):
         assert section in md, section
     assert "Status **alert**" in md and "the model was trained on this version" in md
-    assert _client(ws).get_model_version("tickets", champion).tags["model_card"] == out["govern"]["model_card"]
+    assert _client(ws).get_model_version("small", champion).tags["model_card"] == out["govern"]["model_card"]
     assert out["retrain"]["retrained"] is False and "not enabled" in out["retrain"]["summary"]
 
 
@@ -434,7 +434,7 @@ def test_monitor_reads_the_inference_log(ws, trained, tmp_path):
     import requests
     from test_serve import KEY, Server
     rows = pl.read_csv(ws / "new.csv", infer_schema=False).head(60)
-    srv = Server(ws / "workspace", "--model", "models:/tickets@champion", "--log-dir", tmp_path / "log", "--log-flush-s", "0.2")
+    srv = Server(ws / "workspace", "--model", "models:/small@champion", "--log-dir", tmp_path / "log", "--log-flush-s", "0.2")
     try:
         for r in rows.iter_rows(named=True):
             meta = {k: r[k] for k in ("channel", "product", "region", "customer_tier", "language")}
@@ -467,7 +467,7 @@ def test_continuous_retraining_on_alert(ws, trained):
     assert rt["rows_curated"] > first  # the new batch was added to the training data
     train_run = json.loads((ws / "workspace" / "runs" / rt["train_run_id"] / "run.json").read_text())
     assert train_run["status"] == "succeeded" and train_run["steps"][0]["params"]["source"] == str(ws / "new.csv")
-    decision = _client(ws).get_model_version("tickets", rt["model_version"]).tags["gate.decision"]
+    decision = _client(ws).get_model_version("small", rt["model_version"]).tags["gate.decision"]
     assert decision in ("promoted", "refused") and (decision == "promoted") == rt["promoted"]
     # the same batch again (a daily run while the alert lasts): nothing new to learn from, no training
     again = wb(ws, "job", "retrain", "-p", "recommendation=retrain", "-p", "status=alert", "-p", "retrain=true", "-p", f"source={ws / 'new.csv'}", "-p", "dataset=small")
@@ -492,11 +492,11 @@ def test_dashboard_pages_and_login(ws, trained, monkeypatch, tmp_path):
         alerts = [a.object for a in content.select(pn.pane.Alert)] if hasattr(content, "select") else [content.object]
         assert not alerts, (key, alerts)
     from workbench.dashboard import explain_text
-    champion = str(_client(ws).get_model_version_by_alias("tickets", "champion").version)
-    shown = explain_text(f"models:/tickets/{champion}", "I was charged twice this month, mail me at jane@example.com")
+    champion = str(_client(ws).get_model_version_by_alias("small", "champion").version)
+    shown = explain_text(f"models:/small/{champion}", "I was charged twice this month, mail me at jane@example.com")
     html = " ".join(p.object for p in shown.select(pn.pane.HTML))
     assert "<span" in html and "EMAIL" in html and "jane" not in html  # the served model's view: cleaned and redacted
-    assert explain_text(f"models:/tickets/{champion}", " \u200b ").alert_type == "warning"  # nothing to classify
+    assert explain_text(f"models:/small/{champion}", " \u200b ").alert_type == "warning"  # nothing to classify
     from browser import DASHBOARD_KEYS, browser, console_errors, free_port, login, shot, visit, wait_up
     port = free_port()
     exe = Path(sys.executable).parent / "workbench"

@@ -17,7 +17,7 @@ def _manifest(home, dataset):
 @pytest.mark.parametrize("name", ["tickets", "tickets_drift", "tickets_dirty"])
 def test_prepare_job_on_sample_files(home, name):
     src = ROOT / "sample_data" / f"{name}.csv"
-    r = workbench_cmd("job", "prepare", "-p", f"source={src}", "-p", f"dataset={name}")
+    r = workbench_cmd("job", "prepare", "-p", f"source={src}", "-p", f"dataset={name}", "-p", f"contract={ROOT / 'sample_data' / 'contract.yaml'}")
     assert r.returncode == 0, r.stderr
     assert "(balanced)" in r.stdout and "executed notebook:" in r.stdout
     executed = Path(r.stdout.split("executed notebook:")[1].strip())
@@ -52,6 +52,23 @@ def test_prepare_job_on_sample_files(home, name):
         # the only rows of the clean files set aside: re-sent tickets whose label was flipped (identical texts, two labels)
         assert set(m["quarantine_reasons"]) == {"label_conflict"} and rows["quarantined"] == m["quarantine_reasons"]["label_conflict"]
         assert rows["duplicates"] > 0 and sum(m["pii_redacted"].values()) > 0
+
+
+def test_prepare_job_infers_a_contract_for_other_columns(home, tmp_path):
+    "No contract and no dataset name: the dataset is named after the file, the contract inferred, saved and reused."
+    src = tmp_path / "glosses.csv"
+    pl.DataFrame({"key": [f"k{i}" for i in range(90)], "gloss": [f"a kind of thing number {i} that lives in the sea" for i in range(90)],
+                  "lexname": ["animal", "plant", "food"] * 30}).write_csv(src)
+    r = workbench_cmd("job", "prepare", "-p", f"source={src}")
+    assert r.returncode == 0, r.stderr
+    assert "contract     inferred from the data" in r.stdout and "lexname" in r.stdout, r.stdout
+    saved = home / "datasets" / "glosses" / "contract.yaml"
+    assert saved.is_file() and _manifest(home, "glosses")["rows"]["curated"] == 90
+    assert _manifest(home, "glosses")["contract"]["label_col"] == "lexname"
+    pl.DataFrame({"key": ["k100"], "gloss": ["a plant that grows by the sea shore"], "lexname": ["plant"]}).write_csv(tmp_path / "more.csv")
+    r = workbench_cmd("job", "prepare", "-p", f"source={tmp_path / 'more.csv'}", "-p", "dataset=glosses")
+    assert r.returncode == 0 and "inferred" not in r.stdout, r.stdout  # a later batch: the dataset's own contract
+    assert _manifest(home, "glosses")["rows"]["curated"] == 91
 
 
 def test_prepare_job_failure_keeps_the_notebook(home):

@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="prepare a dataset from raw files (CSV, Parquet, NDJSON; a file, glob or folder)")
     pr.add_argument("source", nargs="+", help="files, globs or landing folders")
     pr.add_argument("--out", help="dataset folder (default <workspace>/datasets/<name>)")
-    pr.add_argument("--name", default="tickets", help="dataset name (default: tickets)")
+    pr.add_argument("--name", help="dataset name (default: named after the source: tickets.csv -> tickets)")
     pr.add_argument("--contract", help="contract file (YAML, TOML or JSON); default: the dataset's own, else one inferred from the data")
     pr.add_argument("--stratify", action="store_true", help="exact label proportions in each split")
     pr.add_argument("--skip-bad-files", action="store_true", help="record unreadable files and go on, instead of failing")
@@ -101,13 +101,9 @@ def main(argv: list[str] | None = None) -> int:  # the exit code
     return 0
 
 def _prepare(args) -> int:
-    from workbench.data import Contract, SplitConfig, infer_contract, prepare, summarise
-    out = Path(args.out) if args.out else workspace("datasets", args.name)
-    contract, notes = args.contract, []
-    if contract is None and (out / "manifest.json").is_file():  # a later batch: the dataset's own contract
-        contract = Contract(**json.loads((out / "manifest.json").read_text())["contract"])
-    elif contract is None:
-        contract, notes = infer_contract(args.source)
+    from workbench.data import SplitConfig, dataset_contract, prepare, source_name, summarise
+    out = Path(args.out) if args.out else workspace("datasets", args.name or source_name(args.source))
+    contract, notes = dataset_contract(out, args.source, args.contract)  # given, else the dataset's own, else inferred
     m = prepare(args.source, out, contract, SplitConfig(stratify=args.stratify),
                 on_bad_file="skip" if args.skip_bad_files else "raise")
     if notes:
@@ -227,6 +223,8 @@ def _dashboard(args) -> int:
 def _serve(args) -> int:
     import dataclasses
     from workbench.serve import ServeConfig, serve
+    from workbench.registry import default_model
+    args.model = args.model or default_model()  # pinned to a name now: a model registered later does not take over
     cfg = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
     setup_logging("INFO")
     from transformers.utils import logging as hf_logging

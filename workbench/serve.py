@@ -34,7 +34,7 @@ __all__ = ['Scalar', 'ServeConfig', 'api_key', 'prepare_texts', 'length_buckets'
 @dataclass(frozen=True)
 class ServeConfig:
     "How the endpoint serves, protects itself and logs."
-    model: str = "models:/tickets@champion"  # a model folder, or models:/NAME@ALIAS / models:/NAME/VERSION
+    model: str = ""  # a model folder, or models:/NAME@ALIAS / models:/NAME/VERSION; empty: the only registered model's champion
     max_batch_size: int = 32  # texts per forward pass
     max_wait_ms: float = 5.0  # how long the first text of a batch waits for company
     batching: bool = True  # micro-batching (off: every request is its own batch, run one at a time, for comparison)
