@@ -224,8 +224,8 @@ def _serve(args) -> int:
     import dataclasses
     from workbench.serve import ServeConfig, serve
     from workbench.registry import default_model
-    args.model = args.model or default_model()  # pinned to a name now: a model registered later does not take over
     cfg = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
+    if not cfg.model: cfg = dataclasses.replace(cfg, model=default_model())  # pinned now: a model registered later does not take over
     setup_logging("INFO")
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in a service's log
