@@ -271,6 +271,15 @@ def _table(rows: list[dict], cols: list[str], fmt: dict | None = None) -> str:
         return f"{v:.4f}" if isinstance(v, float) else _e(v)
     return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(cell(c, r.get(c)) for c in cols) + " |" for r in rows])
 
+def _truncation(tr: dict | None, trained: int | None) -> list[str]:
+    "The truncation note: measured on the test texts when the evidence has it (`truncation`: rows, truncated, max_length)."
+    if tr and tr.get("max_length") is None: return []  # a baseline served alone reads the whole text
+    if not tr or not tr.get("rows"):
+        return [f"Texts are truncated to {_e(trained)} tokens; what comes later in a long text is not read."] if trained else []
+    n, k, cap = tr["rows"], tr["truncated"], tr["max_length"]
+    if not k: return [f"No test text was longer than the model reads ({cap} tokens): nothing was truncated."]
+    return [f"{k} of {n} test texts ({k / n:.1%}) were longer than the {cap} tokens the model reads; what comes later is not read."]
+
 def _limitations(ev: dict) -> list[str]:
     out = []
     per_class = {k.removeprefix("val_f1_"): v for k, v in (ev.get("training") or {}).get("metrics", {}).items() if k.startswith("val_f1_")}
@@ -289,7 +298,7 @@ def _limitations(ev: dict) -> list[str]:
         small = [f"{_e(k)} ({v / total:.1%})" for k, v in labels.items() if v / total < 0.5 / len(labels)]  # under half an even share
         if small: out.append("Classes with little training data (under half of an even share): " + ", ".join(small) + ".")
     params = (ev.get("training") or {}).get("params", {})
-    if params.get("max_length"): out.append(f"Texts are truncated to {_e(params['max_length'])} tokens; what comes later in a long text is not read.")
+    out += _truncation(ev.get("truncation"), params.get("max_length"))
     langs = (((ev.get("drift_baseline") or {}).get("language") or {}).get("top") or {})
     if langs: out.append("Languages seen in training: " + ", ".join(f"{_e(k)} ({v:.0%})" for k, v in langs.items()) + "; other languages are out of scope until monitored.")
     out.append("Predictions are suggestions; a person should review low-confidence predictions and any decision that affects people.")
