@@ -600,4 +600,11 @@ d = { 'settings': { 'branch': 'main',
                                  'workbench.train.predict_proba': ('train.html#predict_proba', 'workbench/train.py'),
                                  'workbench.train.rank_loss': ('train.html#rank_loss', 'workbench/train.py'),
                                  'workbench.train.sample_rows': ('train.html#sample_rows', 'workbench/train.py'),
-                                 'workbench.train.train': ('train.html#train', 'workbench/train.py')}}}
+                                 'workbench.train.train': ('train.html#train', 'workbench/train.py')},
+            'workbench.value': { 'workbench.value.ValueAssumptions': ('value.html#valueassumptions', 'workbench/value.py'),
+                                 'workbench.value.ValueAssumptions.__post_init__': ( 'value.html#valueassumptions.__post_init__',
+                                                                                     'workbench/value.py'),
+                                 'workbench.value.automation_at': ('value.html#automation_at', 'workbench/value.py'),
+                                 'workbench.value.coverage_curve': ('value.html#coverage_curve', 'workbench/value.py'),
+                                 'workbench.value.value_estimate': ('value.html#value_estimate', 'workbench/value.py'),
+                                 'workbench.value.wilson_interval': ('value.html#wilson_interval', 'workbench/value.py')}}}

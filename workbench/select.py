@@ -130,7 +130,7 @@ def evaluate_candidates(model_dir: str | Path,  # the merged fp32 model folder o
                         max_p95_ms: float = 100.0,  # the latency budget: p95 CPU ms of one text on one core
                         latency_samples: int = 50,  # single-text calls per variant
                         price_per_core_hour: float = 0.05,  # USD per CPU core-hour
-                       ) -> dict:  # report, candidates, chosen, reason, dirs, baseline, lift (of the chosen on test)
+                       ) -> dict:  # report, candidates, chosen, reason, dirs, baseline, lift and test_proba of the chosen
     "Build, blend, measure and compare every candidate on validation and test; choose one by `select_candidate`."
     model_dir, folder = Path(model_dir), Path(folder)
     va, te = frames["validation"], frames["test"]
@@ -163,7 +163,8 @@ def evaluate_candidates(model_dir: str | Path,  # the merged fp32 model folder o
     chosen, reason = select_candidate(rows, {n: p.argmax(1) for n, p in pv.items()}, yv, k)
     test_f1 = dict(zip(report["variant"], report["macro_f1"]))
     best = best_baseline([{"kind": n, "val_macro_f1": vf1[n]} for n in alone])
-    tp = preds[chosen].predict_proba(te["text"].to_list())[0].argmax(1)
+    tprob = preds[chosen].predict_proba(te["text"].to_list())[0]
+    tp = tprob.argmax(1)
     bp = preds[best["kind"]].predict_proba(te["text"].to_list())[0].argmax(1) if best else None
     lift = bootstrap_lift(yt, tp, bp, k) if best else None
     cols = ("servable", "val_macro_f1", "parity_ok", "latency_ok", "usd_per_million")
@@ -171,5 +172,5 @@ def evaluate_candidates(model_dir: str | Path,  # the merged fp32 model folder o
                           for r in rows])
     table = table.select("candidate", "servable", "val_macro_f1", "test_macro_f1", *cols[2:])
     return {"report": report, "candidates": table, "chosen": chosen, "reason": reason, "dirs": dirs, "labels": labels,
-            "baseline": best["kind"] if best else None, "lift": lift,
+            "baseline": best["kind"] if best else None, "lift": lift, "test_proba": tprob,
             "baseline_test_macro_f1": test_f1[best["kind"]] if best else None}
