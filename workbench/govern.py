@@ -282,10 +282,13 @@ def _truncation(tr: dict | None, trained: int | None) -> list[str]:
 
 def _limitations(ev: dict) -> list[str]:
     out = []
-    per_class = {k.removeprefix("val_f1_"): v for k, v in (ev.get("training") or {}).get("metrics", {}).items() if k.startswith("val_f1_")}
+    per_class, split = ev.get("test_f1_by_class"), "test split, the served model"  # measured on what is served
+    if not per_class:
+        per_class, split = {k.removeprefix("val_f1_"): v for k, v in (ev.get("training") or {}).get("metrics", {}).items()
+                            if k.startswith("val_f1_")}, "validation split"
     if per_class:
         weak = sorted(per_class.items(), key=lambda kv: kv[1])[:2]
-        out.append("Weakest classes on the validation split: " + ", ".join(f"{_e(k)} (F1 {v:.2f})" for k, v in weak) + ".")
+        out.append(f"Weakest classes on the {split}: " + ", ".join(f"{_e(k)} (F1 {v:.2f})" for k, v in weak) + ".")
     sl = ev.get("slices")
     if isinstance(sl, pl.DataFrame) and sl.height:
         flagged = sl.filter(pl.col("status").is_in(["warn", "alert"]))
