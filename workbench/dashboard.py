@@ -35,13 +35,19 @@ def _client():
     from workbench.registry import _client as client
     return client()
 
+def _served_as(tags: dict) -> str | None:
+    "What a version serves: its variant with the blended baseline (`int8+tfidf`), or the baseline served alone."
+    v, b = tags.get("variant"), tags.get("blend", "none")
+    return b if v == "baseline" else f"{v}+{b}" if v and b != "none" else v
+
 @pn.cache(ttl=TTL)
 def load_models() -> pl.DataFrame:
     "Every registered model version: name, version, aliases, variant, test metrics, latency, cost, gate decision."
     schema = {"name": pl.String, "version": pl.Int64, "aliases": pl.String, "variant": pl.String, "created": pl.Datetime("ms", "UTC"),
               "macro_f1": pl.Float64, "delta_macro_f1": pl.Float64, "p50_ms": pl.Float64, "p95_ms": pl.Float64, "samples_per_s": pl.Float64,
               "usd_per_million": pl.Float64, "size_mb": pl.Float64, "gate": pl.String, "gate_reasons": pl.String, "training_run_id": pl.String,
-              "dataset_fingerprint": pl.String, "baseline": pl.String, "baseline_macro_f1": pl.Float64, "lift": pl.Float64, "lift_sd": pl.Float64}
+              "dataset_fingerprint": pl.String, "baseline": pl.String, "baseline_macro_f1": pl.Float64, "lift": pl.Float64, "lift_sd": pl.Float64,
+              "automation_rate": pl.Float64, "net_usd_month": pl.Float64, "value_assumptions": pl.String}
     try:
         c = _client()
         versions = c.search_model_versions()
@@ -51,12 +57,14 @@ def load_models() -> pl.DataFrame:
     except Exception as e:  # no tracking database yet
         _log.info("no registry: %s", e); return pl.DataFrame(schema=schema)
     num = lambda t, k: float(t[k]) if k in t else None
-    rows = [{"name": v.name, "version": int(v.version), "aliases": ", ".join(sorted(aliases.get((v.name, str(v.version)), []))), "variant": v.tags.get("variant"),
+    rows = [{"name": v.name, "version": int(v.version), "aliases": ", ".join(sorted(aliases.get((v.name, str(v.version)), []))), "variant": _served_as(v.tags),
              "created": dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.timezone.utc),
              **{k: num(v.tags, k) for k in ("macro_f1", "delta_macro_f1", "p50_ms", "p95_ms", "samples_per_s", "usd_per_million", "size_mb")},
              "gate": v.tags.get("gate.decision"), "gate_reasons": v.tags.get("gate.reasons"), "training_run_id": v.tags.get("training_run_id"),
              "dataset_fingerprint": v.tags.get("dataset_fingerprint"), "baseline": v.tags.get("baseline"),
-             **{k: num(v.tags, k) for k in ("baseline_macro_f1", "lift", "lift_sd")}} for v in versions]
+             **{k: num(v.tags, k) for k in ("baseline_macro_f1", "lift", "lift_sd")},
+             "automation_rate": num(v.tags, "value.automation_rate"), "net_usd_month": num(v.tags, "value.net_usd"),
+             "value_assumptions": v.tags.get("value.assumptions")} for v in versions]
     return pl.DataFrame(rows, schema=schema).sort("name", "version", descending=[False, True])
 
 @pn.cache(ttl=TTL)
@@ -301,7 +309,15 @@ class Overview(Page):
             pn.indicators.Number(name="p95 latency (ms)", value=round(row["p95_ms"] or 0, 1), format="{value:.1f}", font_size="28pt", css_classes=["wb-kpi"]),
             pn.indicators.Number(name="USD per million", value=round(row["usd_per_million"] or 0, 3), format="${value:.2f}", font_size="28pt", css_classes=["wb-kpi"]),
             pn.indicators.Number(name="lift over the best baseline (points)", value=round((row["lift"] or 0) * 100, 2), format="{value:+.2f}",
+                                 font_size="28pt", css_classes=["wb-kpi"]),
+            pn.indicators.Number(name="handled automatically", value=round((row["automation_rate"] or 0) * 100, 1), format="{value:.1f}%",
+                                 font_size="28pt", css_classes=["wb-kpi"]),
+            pn.indicators.Number(name="net value a month (USD)", value=round(row["net_usd_month"] or 0), format="${value:,.0f}",
                                  font_size="28pt", css_classes=["wb-kpi"]))
+        worth = json.loads(row["value_assumptions"]) if row["value_assumptions"] else None
+        worth = (f"Value at {worth['target_precision']:.0%} precision (lower 95% bound), {worth['monthly_volume']:,} texts a month, "
+                 f"{worth['handling_cost']} USD to handle a text by hand and {worth['error_cost']} USD per wrong automatic "
+                 "decision: assumptions of the evaluate job, to be replaced by your own (`-p handling_cost=...`)." if worth else "")
         versus = (f"; against the best baseline of its training run ({md_text(row['baseline'])}, test macro-F1 {row['baseline_macro_f1']:.3f}): "
                   f"{row['lift'] * 100:+.2f} points, test noise {row['lift_sd'] * 100:.2f} (paired-bootstrap sd)") if row["lift"] is not None else ""
         status = pn.pane.HTML(f"<b>Monitoring status</b> {status_badge(last['status'] if last else None)} "
@@ -311,7 +327,7 @@ class Overview(Page):
         runs = load_runs().head(10)
         return pn.Column(outside_gate_alert(self.model), f"**{md_text(self.model)}** version {row['version']} ({md_text(row['variant'])}), "
                          f"aliases: {md_text(row['aliases'] or 'none')}; gate: {md_text(row['gate'])}{versus}",
-                         cards, status, "### Last runs", table(runs.select("run_id", "pipeline", "status", "created", "seconds", "failed_step"), "runs") if runs.height else empty("pipeline run", "workbench run main"))
+                         cards, worth, status, "### Last runs", table(runs.select("run_id", "pipeline", "status", "created", "seconds", "failed_step"), "runs") if runs.height else empty("pipeline run", "workbench run main"))
 
 class Data(Page):
     title = "Data"
