@@ -261,8 +261,15 @@ def _check(ok: bool, detail: str, value=None, threshold=None) -> dict:
     return {"passed": bool(ok), "detail": detail, "value": value, "threshold": threshold}
 
 # %% ../nbs/35_registry.ipynb #bd99a8e1
-def _first_quality(name: str, version: str, f1: float, tags: dict, gate: GateConfig) -> dict:
+def _first_quality(name: str, version: str, f1: float, tags: dict, gate: GateConfig, rescored: bool = False) -> dict:
     "The first champion's quality check: more than the noise above the best baseline, and the floor `min_macro_f1`."
+    out = _first_quality_check(name, version, f1, tags, gate)
+    if rescored and tags.get("baseline", "none") != "none":  # the model was scored now, its baseline was not
+        out["detail"] += "; the model is scored on the test frame given, the baseline's figure is the one recorded at registration"
+    return out
+
+def _first_quality_check(name: str, version: str, f1: float, tags: dict, gate: GateConfig) -> dict:
+    "`_first_quality` on the numbers as given."
     floor = f1 >= gate.min_macro_f1
     floor_note = f"; the floor min_macro_f1 {gate.min_macro_f1:.4f} {'met' if floor else 'MISSED'}" if gate.min_macro_f1 else ""
     force = f"`workbench promote {name} {version} --force --reason '...'`"
@@ -305,7 +312,7 @@ def _gate_checks(name, cand, champ, gate: GateConfig, test) -> tuple[dict, dict]
         ok2, detail2 = _integrity(name, champ)
         ok, detail = ok and ok2, f"{detail}; champion {detail2}"
     checks = {"integrity": _check(ok, detail)}
-    if champ is None or str(champ.version) == cv: checks["quality"] = _first_quality(name, cv, f1, t, gate)
+    if champ is None or str(champ.version) == cv: checks["quality"] = _first_quality(name, cv, f1, t, gate, test is not None)
     else:
         cf1 = _macro_f1(f"models:/{name}/{champ.version}", test) if test is not None else float(champ.tags["macro_f1"])
         nums["champion_macro_f1"] = cf1
