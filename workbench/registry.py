@@ -264,7 +264,8 @@ def _check(ok: bool, detail: str, value=None, threshold=None) -> dict:
 def _first_quality(name: str, version: str, f1: float, tags: dict, gate: GateConfig, rescored: bool = False) -> dict:
     "The first champion's quality check: more than the noise above the best baseline, and the floor `min_macro_f1`."
     out = _first_quality_check(name, version, f1, tags, gate)
-    if rescored and tags.get("baseline", "none") != "none":  # the model was scored now, its baseline was not
+    moved = rescored and abs(f1 - float(tags.get("macro_f1", "nan"))) > 1e-9  # scored now on other rows than at registration
+    if moved and tags.get("baseline", "none") != "none":  # the model was scored now, its baseline was not
         out["detail"] += "; the model is scored on the test frame given, the baseline's figure is the one recorded at registration"
     return out
 

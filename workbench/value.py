@@ -83,7 +83,9 @@ def value_estimate(confidence: Sequence[float],  # held-out confidences
                   ) -> dict:  # automation, monthly figures in USD, the assumptions and how each figure was computed
     "The monthly value of automatic handling at the target precision, its error and compute cost, and the net."
     a = assumptions
-    at = automation_at(coverage_curve(confidence, correct), a.target_precision, a.conservative)
+    curve = coverage_curve(confidence, correct)
+    at = automation_at(curve, a.target_precision, a.conservative)
+    best = curve.sort("precision_low").row(-1, named=True)  # what the held-out rows can promise at most
     volume, measured = (monthly_volume, True) if monthly_volume is not None else (a.monthly_volume, False)
     auto = at["coverage"] * volume
     wrong = auto * (1 - at["precision"]) if at["reached"] else 0.0
@@ -95,7 +97,8 @@ def value_estimate(confidence: Sequence[float],  # held-out confidences
            "compute": (f"{volume:,} texts x {usd_per_million:.3f} USD per million (measured)" if usd_per_million is not None
                        else "not measured: 0")}
     return {"automation_rate": at["coverage"], "threshold": at["threshold"], "precision": at["precision"],
-            "precision_low": at["precision_low"], "reached": at["reached"], "monthly_volume": volume,
+            "precision_low": at["precision_low"], "reached": at["reached"], "best_precision_low": best["precision_low"],
+            "best_precision_low_coverage": best["coverage"], "monthly_volume": volume,
             "volume_measured": measured, "automated_per_month": auto, "saved_usd": saved, "error_usd": errors,
             "compute_usd": compute, "net_usd": saved - errors - compute, "assumptions": asdict(a), "how": how,
             "rows": len(confidence)}
