@@ -57,7 +57,8 @@ class ValueAssumptions:
     def __post_init__(self):
         for k in ("handling_cost", "error_cost", "price_per_core_hour"):
             if not getattr(self, k) >= 0: raise ValueError(f"{k} must be >= 0 (USD), got {getattr(self, k)}")
-        if not 0 < self.target_precision <= 1: raise ValueError(f"target_precision must be in (0, 1], got {self.target_precision}")
+        if not 0 < self.target_precision <= 1:
+            raise ValueError(f"target_precision must be in (0, 1], got {self.target_precision}")
         if self.monthly_volume < 0: raise ValueError(f"monthly_volume must be >= 0 texts, got {self.monthly_volume}")
 
 # %% ../nbs/47_value.ipynb #93328f0e
@@ -78,8 +79,8 @@ def automation_at(curve: pl.DataFrame,  # from `coverage_curve`
 def value_estimate(confidence: Sequence[float],  # held-out confidences
                    correct: Sequence[bool],  # whether each was right
                    assumptions: ValueAssumptions = ValueAssumptions(),  # the user's figures
-                   usd_per_million: float | None = None,  # measured compute cost per million predictions; None: not known
-                   monthly_volume: int | None = None,  # measured texts a month (e.g. from the inference log); None: assumed
+                   usd_per_million: float | None = None,  # measured compute cost per million predictions; None: unknown
+                   monthly_volume: int | None = None,  # measured texts a month (the inference log's); None: assumed
                   ) -> dict:  # automation, monthly figures in USD, the assumptions and how each figure was computed
     "The monthly value of automatic handling at the target precision, its error and compute cost, and the net."
     a = assumptions
@@ -91,11 +92,11 @@ def value_estimate(confidence: Sequence[float],  # held-out confidences
     wrong = auto * (1 - at["precision"]) if at["reached"] else 0.0
     saved, errors = auto * a.handling_cost, wrong * a.error_cost
     compute = volume * usd_per_million / 1e6 if usd_per_million is not None else 0.0
-    how = {"automated": f"{at['coverage']:.1%} of {volume:,} texts (coverage at the target precision {a.target_precision:.0%})",
+    how = {"automated": f"{at['coverage']:.1%} of {volume:,} texts (the coverage at {a.target_precision:.0%} precision)",
            "saved": f"{auto:,.0f} texts x {a.handling_cost:.2f} USD handling cost",
            "errors": f"{wrong:,.1f} wrong automatic decisions x {a.error_cost:.2f} USD",
-           "compute": (f"{volume:,} texts x {usd_per_million:.3f} USD per million (measured)" if usd_per_million is not None
-                       else "not measured: 0")}
+           "compute": "not measured: 0" if usd_per_million is None else
+                      f"{volume:,} texts x {usd_per_million:.3f} USD per million (measured)"}
     return {"automation_rate": at["coverage"], "threshold": at["threshold"], "precision": at["precision"],
             "precision_low": at["precision_low"], "reached": at["reached"], "best_precision_low": best["precision_low"],
             "best_precision_low_coverage": best["coverage"], "monthly_volume": volume,
