@@ -92,7 +92,7 @@ def value_estimate(confidence: Sequence[float],  # held-out confidences
     wrong = auto * (1 - at["precision"]) if at["reached"] else 0.0
     saved, errors = auto * a.handling_cost, wrong * a.error_cost
     compute = volume * usd_per_million / 1e6 if usd_per_million is not None else 0.0
-    how = {"automated": f"{at['coverage']:.1%} of {volume:,} texts (the coverage at {a.target_precision:.0%} precision)",
+    how = {"automated": f"{at['coverage']:.1%} of {volume:,} texts (coverage at {a.target_precision:.0%} precision)",
            "saved": f"{auto:,.0f} texts x {a.handling_cost:.2f} USD handling cost",
            "errors": f"{wrong:,.1f} wrong automatic decisions x {a.error_cost:.2f} USD",
            "compute": "not measured: 0" if usd_per_million is None else
