@@ -72,9 +72,8 @@ def select_candidate(rows: Sequence[dict],  # name, servable, parity_ok, latency
 # %% ../nbs/36_select.ipynb #95d62a2d
 def read_baselines(folder: str | Path | None,  # a `baselines/` folder written by `fit_baselines`; None: none
                    labels: Sequence[str] | None = None,  # the model's labels: the baselines' must be the same
-                  ) -> list[dict]:  # its rows, each with its loaded `pipeline`
-    "The baselines a training run saved, loaded; [] when there are none."
-    import joblib
+                  ) -> list[dict]:  # its rows, each with the `path` of its pipeline
+    "The baselines a training run saved (not unpickled: `Predictor` checks a pipeline's sha256 first); [] when none."
     if folder is None or not (Path(folder) / "baselines.json").is_file(): return []
     saved = json.loads((Path(folder) / "baselines.json").read_text())
     if labels is not None and saved.get("labels") != list(labels):
@@ -82,7 +81,7 @@ def read_baselines(folder: str | Path | None,  # a `baselines/` folder written b
                          f"{list(labels)}; use the baselines of the model's own training run")
     rows = saved["baselines"]
     files = {r["kind"]: Path(folder) / f"{r['kind']}.joblib" for r in rows}  # where they are now, not where written
-    return [dict(r, path=str(files[r["kind"]]), pipeline=joblib.load(files[r["kind"]])) for r in rows]
+    return [dict(r, path=str(files[r["kind"]])) for r in rows]
 
 # %% ../nbs/36_select.ipynb #b16b36d4
 def _alone(base: list[dict], folder: Path, labels: list[str]) -> dict[str, Predictor]:
