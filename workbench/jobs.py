@@ -200,6 +200,13 @@ class StepFailed(RuntimeError):
     "A job notebook failed; the message names the cell, the error and the executed notebook."
     def __init__(self, msg: str, notebook: Path | None = None, cell: int | None = None):
         super().__init__(msg); self.notebook, self.cell = notebook, cell
+        self.cpu_s = None  # CPU seconds of the failed job's kernel, when measured
+
+def _children_cpu_s() -> float:
+    "CPU seconds (user + system) of this process's finished child processes: a job's kernel counts once it is shut down."
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 def _stamp() -> str: return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
@@ -245,7 +252,7 @@ def execute_job(job: str,  # a job notebook in `jobs_dir()`
                 timeout_s: float | None = None,  # longest a cell may run
                 cwd: str | Path | None = None,  # the kernel's working folder (relative paths); default the current one
                 stream: bool = False,  # copy the kernel's stderr (its log lines: epochs, warnings) to this process's stderr as it comes
-               ) -> dict:  # notebook, outputs, params, wall_s, cells_s
+               ) -> dict:  # notebook, outputs, params, wall_s, cells_s, cpu_s
     "Run a job notebook with papermill on a real kernel; raise `StepFailed` naming the failed cell and the executed notebook."
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -257,17 +264,23 @@ def execute_job(job: str,  # a job notebook in `jobs_dir()`
     effective = {k: p.default for k, p in spec.items() if k not in RUNNER_PARAMS} | values
     inject = effective | ({"run_dir": str(run_dir.resolve())} if "run_dir" in spec else {})
     _quiet_papermill()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu_s()  # the kernel's CPU: its own and its children's (jobs in threads add up)
     try:
         nb = pm.execute_notebook(str(job_path(job)), str(out), parameters=inject, cwd=str(cwd or os.getcwd()), progress_bar=False,
                                  kernel_name="python3", execution_timeout=timeout_s, stderr_file=sys.stderr if stream else None,
                                  kernel_manager_class=_job_kernel_manager(),
                                  extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # not its start-up and shut-down notices
     except pm.PapermillExecutionError as e:
-        raise StepFailed(f"job {job!r} failed in cell [{e.exec_count}]{_failed_line(e)}: {e.ename}: {str(e.evalue)[:500]}; executed notebook: {out}", out, e.exec_count) from None
-    except CellTimeoutError: raise StepFailed(f"job {job!r}: a cell ran longer than {timeout_s} s and was stopped; executed notebook: {out}", out) from None
-    except DeadKernelError as e: raise StepFailed(f"job {job!r}: the kernel died ({e}); out of memory?; executed notebook: {out}", out) from None
-    return {"notebook": out, "outputs": load_outputs(run_dir), "params": effective, "wall_s": time.perf_counter() - t0, "cells_s": _cells_seconds(nb)}
+        failed = StepFailed(f"job {job!r} failed in cell [{e.exec_count}]{_failed_line(e)}: {e.ename}: {str(e.evalue)[:500]}; executed notebook: {out}", out, e.exec_count)
+    except CellTimeoutError: failed = StepFailed(f"job {job!r}: a cell ran longer than {timeout_s} s and was stopped; executed notebook: {out}", out)
+    except DeadKernelError as e: failed = StepFailed(f"job {job!r}: the kernel died ({e}); out of memory?; executed notebook: {out}", out)
+    else: failed = None
+    cpu_s = _children_cpu_s() - cpu0
+    if failed:
+        failed.cpu_s = cpu_s
+        raise failed from None
+    return {"notebook": out, "outputs": load_outputs(run_dir), "params": effective, "wall_s": time.perf_counter() - t0, "cells_s": _cells_seconds(nb),
+            "cpu_s": cpu_s}
 
 # %% ../nbs/60_jobs.ipynb #14501938
 _REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\.([A-Za-z_]\w*)\}")
@@ -595,7 +608,9 @@ def run_pipeline(name: str,  # a pipeline of the pipelines file
     finally: lock.release()
 
 def _run(p: Pipeline, rec: dict, root: Path, retries, echo, tracking, stream) -> dict:
+    from workbench.ledger import load_prices
     rec["status"], rec["finished"] = "running", None
+    prices = load_prices()
     rec["git_commit"] = rec["git_commit"] if rec["steps"][0]["status"] == "succeeded" else git_commit()
     t_ml = time.perf_counter()
     client, parent = _mlflow(rec) if tracking else (None, None)
@@ -640,16 +655,20 @@ def _run(p: Pipeline, rec: dict, root: Path, retries, echo, tracking, stream) ->
                 try:
                     values = {k: _resolve(v, outputs, runinfo, f"step {step.id!r}") for k, v in s["params"].items()}
                     r = execute_job(step.job, values, sdir, timeout_s=step.timeout_s, cwd=rec["cwd"], stream=stream)
-                    a.update(status="succeeded", notebook=str(r["notebook"]), wall_s=r["wall_s"], cells_s=r["cells_s"])
+                    a.update(status="succeeded", notebook=str(r["notebook"]), wall_s=r["wall_s"], cells_s=r["cells_s"], cpu_s=r["cpu_s"],
+                             gpu_s=float(r["outputs"].get("gpu_s") or 0.0))
                     s.update(status="succeeded", notebook=str(r["notebook"]), outputs=r["outputs"], params=s["params"], resolved=values)
                     outputs[step.id] = r["outputs"]
                 except (StepFailed, ValueError) as e:  # ValueError: a wired value of the wrong type
                     nb = getattr(e, "notebook", None)
-                    a.update(status="failed", error=str(e), wall_s=time.perf_counter() - t0, notebook=str(nb) if nb else None, cell=getattr(e, "cell", None))
+                    a.update(status="failed", error=str(e), wall_s=time.perf_counter() - t0, notebook=str(nb) if nb else None, cell=getattr(e, "cell", None),
+                             cpu_s=getattr(e, "cpu_s", None), gpu_s=0.0)
                     s.update(status="failed", notebook=a["notebook"], error=str(e))
+                if a.get("cpu_s") is not None: a["usd"] = prices.usd(a["cpu_s"], a["gpu_s"])
                 if child:
                     t_ml = time.perf_counter()
-                    for k, v in {"duration_s": a["wall_s"], **({"compute_s": a["cells_s"], "overhead_s": a["wall_s"] - a["cells_s"]} if "cells_s" in a else {})}.items():
+                    costs = {k: a[k] for k in ("cpu_s", "gpu_s", "usd") if a.get(k) is not None}
+                    for k, v in {"duration_s": a["wall_s"], **({"compute_s": a["cells_s"], "overhead_s": a["wall_s"] - a["cells_s"]} if "cells_s" in a else {}), **costs}.items():
                         client.log_metric(child, k, v)
                     for k, v in s["outputs"].items() if a["status"] == "succeeded" else ():
                         if k != "summary" and isinstance(v, (str, int, float, bool)): client.set_tag(child, f"output.{k}", str(v)[:5000])
@@ -676,11 +695,15 @@ def _run(p: Pipeline, rec: dict, root: Path, retries, echo, tracking, stream) ->
         rec["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         lin = lineage(rec); rec["lineage_id"] = lin["lineage_id"]
         rec["mlflow_s"] = ml_s
+        spent = [a for s in rec["steps"] for a in s["attempts"] if a.get("cpu_s") is not None]
+        rec["cost"] = {"cpu_s": sum(a["cpu_s"] for a in spent), "gpu_s": sum(a["gpu_s"] for a in spent),
+                       "usd": sum(a["usd"] for a in spent), "prices": prices.as_dict()}
         _write_json(root / "lineage.json", lin); _write_json(root / "run.json", rec)
         if client:
             client.set_tag(parent, "workbench.lineage_id", lin["lineage_id"])
             if lin["model"]: client.set_tag(parent, "workbench.model", f"{lin['model']['name']}/{lin['model']['version']}")
             client.log_artifact(parent, str(root / "lineage.json"))
+            for k in ("cpu_s", "gpu_s", "usd"): client.log_metric(parent, k, rec["cost"][k])
             client.set_terminated(parent, {"succeeded": "FINISHED", "interrupted": "KILLED"}.get(rec["status"], "FAILED"))
     if failed:
         step, s = failed

@@ -243,6 +243,7 @@ class ModelHolder:
     def run(self, texts: list[str]) -> list[dict]:
         "Predict one batch (in the inference thread): clean and redact, then length-aware forward passes; an error per text left empty."
         pred, info, _ = self.current  # one model for the whole batch, even if a reload lands meanwhile
+        cpu0 = time.process_time()  # the server process's CPU while the batch runs, shared among its texts: the cost ledger's
         clean = prepare_texts(texts)  # once per batch: far cheaper than once per request
         good = [i for i, t in enumerate(clean) if t is not None]
         ids, trunc = pred.encode([clean[i] for i in good]) if good else ([], [])
@@ -251,11 +252,12 @@ class ModelHolder:
             probs[sel] = pred.forward_ids([ids[j] for j in sel])
         probs = pred.mix(probs, [clean[i] for i in good])  # a blend adds its baseline's probabilities
         out: list[dict] = [{"error": "empty text: nothing left after cleaning"} for _ in texts]
+        cpu_ms = (time.process_time() - cpu0) * 1e3 / max(len(good), 1)
         for k, i in enumerate(good):
             j = int(probs[k].argmax())
             out[i] = {"text": clean[i], "label": pred.labels[j], "confidence": float(probs[k, j]), "probs": dict(zip(pred.labels, map(float, probs[k]))),
                       "truncated": trunc[k], "tokens": len(ids[k]), "batch_size": len(texts), "version": info["version"], "variant": pred.name,
-                      "name": info["name"]}
+                      "name": info["name"], "cpu_ms": cpu_ms}
         return out
 
 # %% ../nbs/50_serve.ipynb #db9fe02d
@@ -266,7 +268,7 @@ def _log_schema(labels: list[str]):
                       ("text", pa.string()), ("text_sha256", pa.string()), ("n_chars", pa.int32()), ("n_tokens", pa.int32()),
                       ("truncated", pa.bool_()), ("prediction", pa.string()), ("confidence", pa.float64()),
                       *[(f"p_{l}", pa.float64()) for l in labels],
-                      ("latency_ms", pa.float64()), ("batch_size", pa.int32()), ("metadata", pa.string())])
+                      ("latency_ms", pa.float64()), ("cpu_ms", pa.float64()), ("batch_size", pa.int32()), ("metadata", pa.string())])
 
 def _read_stream(path: Path):
     "The record batches of an Arrow IPC stream, up to the first damaged one (a stream cut short by a crash)."
@@ -803,7 +805,7 @@ def create_app(cfg: ServeConfig,  # how to serve
                           "text_sha256": hashlib.sha256(r["text"].encode()).hexdigest() if cfg.log_text == "hash" else None,
                           "n_chars": len(r["text"]), "n_tokens": r["tokens"], "truncated": r["truncated"], "prediction": r["label"],
                           "confidence": r["confidence"], **{f"p_{l}": p for l, p in r["probs"].items()},
-                          "latency_ms": latency, "batch_size": r["batch_size"], "metadata": meta}
+                          "latency_ms": latency, "cpu_ms": r["cpu_ms"], "batch_size": r["batch_size"], "metadata": meta}
                          for i, r in enumerate(results)])
         first = results[0]
         return JSONResponse({"request_id": rid, "model": {"name": first["name"], "version": first["version"], "variant": first["variant"]},
