@@ -22,11 +22,12 @@ from .config import workspace
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['TTL', 'PAGES', 'load_models', 'load_datasets', 'load_runs', 'load_training', 'load_monitoring', 'load_slo',
+__all__ = ['TTL', 'PAGES', 'load_models', 'load_headline', 'load_compare', 'load_ledger', 'load_trends', 'load_sources',
+           'latest_report', 'load_datasets', 'load_runs', 'load_training', 'load_monitoring', 'load_slo',
            'notebook_html', 'model_card_path', 'load_alias_status', 'md_text', 'empty', 'table', 'line_chart',
            'bar_chart', 'guarded', 'status_badge', 'model_card_pane', 'outside_gate_alert', 'Page', 'Overview', 'Data',
-           'Training', 'Inference', 'Monitoring', 'Governance', 'Jobs', 'explain_text', 'Explore', 'LoginThrottle',
-           'Sessions', 'DashboardAuth', 'app', 'serve']
+           'Training', 'Inference', 'Monitoring', 'Governance', 'Versions', 'frontier_chart', 'Trends', 'Report',
+           'Jobs', 'explain_text', 'Explore', 'LoginThrottle', 'Sessions', 'DashboardAuth', 'app', 'serve']
 
 # %% ../nbs/70_dashboard.ipynb #a269bfe3
 TTL = 30  # seconds a loader's result is reused
@@ -35,37 +36,49 @@ def _client():
     from workbench.registry import _client as client
     return client()
 
-def _served_as(tags: dict) -> str | None:
-    "What a version serves: its variant with the blended baseline (`int8+tfidf`), or the baseline served alone."
-    v, b = tags.get("variant"), tags.get("blend", "none")
-    return b if v == "baseline" else f"{v}+{b}" if v and b != "none" else v
+from .ledger import _served_as  # what a version serves (`int8+tfidf`)
 
 @pn.cache(ttl=TTL)
 def load_models() -> pl.DataFrame:
-    "Every registered model version: name, version, aliases, variant, test metrics, latency, cost, gate decision."
-    schema = {"name": pl.String, "version": pl.Int64, "aliases": pl.String, "variant": pl.String, "created": pl.Datetime("ms", "UTC"),
-              "macro_f1": pl.Float64, "delta_macro_f1": pl.Float64, "p50_ms": pl.Float64, "p95_ms": pl.Float64, "samples_per_s": pl.Float64,
-              "usd_per_million": pl.Float64, "size_mb": pl.Float64, "gate": pl.String, "gate_reasons": pl.String, "training_run_id": pl.String,
-              "dataset_fingerprint": pl.String, "baseline": pl.String, "baseline_macro_f1": pl.Float64, "lift": pl.Float64, "lift_sd": pl.Float64,
-              "automation_rate": pl.Float64, "net_usd_month": pl.Float64, "value_assumptions": pl.String}
-    try:
-        c = _client()
-        versions = c.search_model_versions()
-        aliases = {}  # (name, version) -> aliases; search results do not carry them
-        for name in {v.name for v in versions}:
-            for alias, ver in (c.get_registered_model(name).aliases or {}).items(): aliases.setdefault((name, str(ver)), []).append(alias)
-    except Exception as e:  # no tracking database yet
-        _log.info("no registry: %s", e); return pl.DataFrame(schema=schema)
-    num = lambda t, k: float(t[k]) if k in t else None
-    rows = [{"name": v.name, "version": int(v.version), "aliases": ", ".join(sorted(aliases.get((v.name, str(v.version)), []))), "variant": _served_as(v.tags),
-             "created": dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.timezone.utc),
-             **{k: num(v.tags, k) for k in ("macro_f1", "delta_macro_f1", "p50_ms", "p95_ms", "samples_per_s", "usd_per_million", "size_mb")},
-             "gate": v.tags.get("gate.decision"), "gate_reasons": v.tags.get("gate.reasons"), "training_run_id": v.tags.get("training_run_id"),
-             "dataset_fingerprint": v.tags.get("dataset_fingerprint"), "baseline": v.tags.get("baseline"),
-             **{k: num(v.tags, k) for k in ("baseline_macro_f1", "lift", "lift_sd")},
-             "automation_rate": num(v.tags, "value.automation_rate"), "net_usd_month": num(v.tags, "value.net_usd"),
-             "value_assumptions": v.tags.get("value.assumptions")} for v in versions]
-    return pl.DataFrame(rows, schema=schema).sort("name", "version", descending=[False, True])
+    "Every registered model version: name, version, aliases, variant, test metrics, latency, cost, gate decision, value (`workbench.ledger.model_versions`)."
+    from workbench.ledger import model_versions
+    return model_versions()
+
+@pn.cache(ttl=TTL)
+def load_headline(model: str) -> dict | None:
+    "The champion's headline figures, as the weekly report has them (`workbench.ledger.headline`)."
+    from workbench.ledger import headline
+    return headline(model, load_models())
+
+@pn.cache(ttl=TTL)
+def load_compare(model: str) -> pl.DataFrame:
+    "A model's versions and its champion's baselines side by side (`workbench.ledger.compare_versions`)."
+    from workbench.ledger import compare_versions
+    return compare_versions(model, load_models())
+
+@pn.cache(ttl=TTL)
+def load_ledger() -> pl.DataFrame:
+    "Every measured cost of the workspace (`workbench.ledger.cost_ledger`)."
+    from workbench.ledger import cost_ledger
+    return cost_ledger()
+
+@pn.cache(ttl=TTL)
+def load_trends(model: str, days: int) -> dict[str, pl.DataFrame]:
+    "A model day by day (`workbench.ledger.daily_trends`)."
+    from workbench.ledger import daily_trends
+    return daily_trends(model, days)
+
+@pn.cache(ttl=TTL)
+def load_sources(model: str, version: int) -> dict[str, dict]:
+    "The pipeline steps that measured a version's figures (`workbench.ledger.kpi_sources`)."
+    from workbench.ledger import kpi_sources
+    return kpi_sources(model, version)
+
+def latest_report(model: str) -> Path | None:
+    "The newest stakeholder report of a model (`workbench run report`), if any."
+    d = workspace("reports", create=False) / model
+    found = sorted(d.glob("report-*.html")) if d.is_dir() else []
+    return found[-1] if found else None
 
 @pn.cache(ttl=TTL)
 def load_datasets() -> list[dict]:
@@ -136,11 +149,8 @@ def load_slo(model: str | None, days: int, every: str = "1h") -> pl.DataFrame:
 
 @pn.cache(max_items=20)
 def _notebook_html(path: str, mtime_ns: int) -> str:
-    from nbconvert import HTMLExporter
-    html, _ = HTMLExporter(template_name="lab", embed_images=True).from_filename(path)
-    html = re.sub(r"<script\b.*?</script>", "", html, flags=re.S | re.I)  # the frame runs no script: drop them (and their CDN fetches)
-    csp = "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:\">"
-    return re.sub(r"<head>", "<head>" + csp, html, count=1, flags=re.I)  # nor does it fetch anything (an output's remote image)
+    from workbench.ledger import notebook_page
+    return notebook_page(path)  # the frame runs no script and fetches nothing
 
 def notebook_html(path: str | Path) -> str:
     "An executed notebook as a standalone HTML page (nbconvert's lab template, images embedded, scripts removed); cached until the file changes."
@@ -183,9 +193,10 @@ def table(df: pl.DataFrame, name: str, height: int | None = None) -> pn.Column:
                      pn.widgets.FileDownload(callback=csv, filename=f"{name}.csv", label=f"Download {name}.csv", button_type="light", width=220),
                      sizing_mode="stretch_width", css_classes=["wb-table"])
 
-def line_chart(df: pl.DataFrame, x: str, y: str, by: str, title: str, y_label: str = ""):
+def line_chart(df: pl.DataFrame, x: str, y: str, by: str, title: str, y_label: str = "",
+               marks: list[tuple[dt.datetime, str]] = ()):  # vertical lines on a time axis: (when, label), e.g. champion changes
     "A line per group, with Bokeh."
-    from bokeh.models import HoverTool
+    from bokeh.models import HoverTool, Label, Span
     from bokeh.palettes import Category10_10
     from bokeh.plotting import figure
     p = figure(title=title, height=280, sizing_mode="stretch_width", x_axis_type="datetime" if df.schema[x].is_temporal() else "linear", toolbar_location=None,
@@ -196,6 +207,10 @@ def line_chart(df: pl.DataFrame, x: str, y: str, by: str, title: str, y_label: s
         p.line(src["x"], src["y"], legend_label=str(key), color=Category10_10[i % 10], line_width=2)
         p.scatter(src["x"], src["y"], color=Category10_10[i % 10], size=5)
     p.add_tools(HoverTool(tooltips=[(x, "@x"), (y, "@y")]))
+    for when, text in marks:
+        at = when.timestamp() * 1e3  # Bokeh's datetime axis counts milliseconds
+        p.add_layout(Span(location=at, dimension="height", line_color="#6b7280", line_dash="dashed"))
+        p.add_layout(Label(x=at, y=5, y_units="screen", text=text, text_font_size="9pt", text_color="#374151"))
     p.yaxis.axis_label = y_label
     if p.legend: p.legend.location = "bottom_left"; p.legend.click_policy = "hide"
     return pn.pane.Bokeh(p, sizing_mode="stretch_width")
@@ -295,39 +310,71 @@ class Page(pn.viewable.Viewer):
             _log.exception("page %s failed", self.title)
             return pn.pane.Alert(f"This page could not be built: {type(e).__name__}: {md_text(e)}", alert_type="danger")
 
+def _evidence_link(src: dict | None) -> str:
+    "Markdown: a link to the executed notebook of a pipeline step (on the Jobs page), with what it ran on."
+    if not src: return "not measured by a pipeline run"
+    from urllib.parse import quote
+    target = f"./jobs?notebook={quote(src['run_id'] + '/' + (src['step_folder'] or ''), safe='')}"
+    params = ", ".join(f"{k}={v}" for k, v in list(src["params"].items())[:6])
+    return (f"[{md_text(src['step'])} of run {md_text(src['run_id'])}]({target}) "
+            f"(parameters: {md_text(params or 'defaults')}; data {md_text((src['data_fingerprint'] or 'n/a')[:19])}; "
+            f"commit {md_text((src['git_commit'] or 'unknown')[:10])}; MLflow run {md_text(src['mlflow_run_id'] or 'none')})")
+
+def _kpi(name: str, value, fmt: str) -> pn.indicators.Number:
+    return pn.indicators.Number(name=name, value=value if value is not None else 0, format=fmt, font_size="26pt",
+                                css_classes=["wb-kpi"])
+
 class Overview(Page):
     title = "Overview"
     def content(self):
         m = self.versions()
         if not m.height: return empty("registered model", "workbench run main")
         row = self.champion(m)
+        top = load_headline(self.model)
+        src = load_sources(self.model, row["version"])
         mon = load_monitoring(self.model)["runs"]
         last = mon.row(-1, named=True) if mon.height else None
+        month = top["monthly_cost"]
         cards = pn.Row(
-            pn.indicators.Number(name="champion version", value=row["version"], format="v{value}", font_size="28pt", css_classes=["wb-kpi"]),
-            pn.indicators.Number(name="test macro-F1", value=round(row["macro_f1"] or 0, 4), format="{value:.3f}", font_size="28pt", css_classes=["wb-kpi"]),
-            pn.indicators.Number(name="p95 latency (ms)", value=round(row["p95_ms"] or 0, 1), format="{value:.1f}", font_size="28pt", css_classes=["wb-kpi"]),
-            pn.indicators.Number(name="USD per million", value=round(row["usd_per_million"] or 0, 3), format="${value:.2f}", font_size="28pt", css_classes=["wb-kpi"]),
-            pn.indicators.Number(name="lift over the best baseline (points)", value=round((row["lift"] or 0) * 100, 2), format="{value:+.2f}",
-                                 font_size="28pt", css_classes=["wb-kpi"]),
-            pn.indicators.Number(name="handled automatically", value=round((row["automation_rate"] or 0) * 100, 1), format="{value:.1f}%",
-                                 font_size="28pt", css_classes=["wb-kpi"]),
-            pn.indicators.Number(name="net value a month (USD)", value=round(row["net_usd_month"] or 0), format="${value:,.0f}",
-                                 font_size="28pt", css_classes=["wb-kpi"]))
-        worth = json.loads(row["value_assumptions"]) if row["value_assumptions"] else None
-        worth = (f"Value at {worth['target_precision']:.0%} precision (lower 95% bound), {worth['monthly_volume']:,} texts a month, "
-                 f"{worth['handling_cost']} USD to handle a text by hand and {worth['error_cost']} USD per wrong automatic "
-                 "decision: assumptions of the evaluate job, to be replaced by your own (`-p handling_cost=...`)." if worth else "")
+            _kpi("champion version", row["version"], "v{value}"),
+            _kpi("test macro-F1", round(row["macro_f1"] or 0, 4), "{value:.3f}"),
+            _kpi("p95 latency (ms)", round(row["p95_ms"] or 0, 1), "{value:.1f}"),
+            _kpi("USD per million", round(row["usd_per_million"] or 0, 3), "${value:.2f}"),
+            _kpi("lift over the best baseline (points)", round((row["lift"] or 0) * 100, 2), "{value:+.2f}"),
+            _kpi("handled automatically", round((top["automation_rate"] or 0) * 100, 1), "{value:.1f}%"),
+            _kpi("cost a month (USD)", round(month["usd"], 2), "${value:,.2f}"),
+            _kpi("net value a month (USD)", round(top["net_usd_month"] if top["net_usd_month"] is not None else row["net_usd_month"] or 0),
+                 "${value:,.0f}"), sizing_mode="stretch_width", css_classes=["wb-kpis"])
+        a = top["assumptions"]
+        worth = (f"Value at {a['target_precision']:.0%} precision (lower 95% bound), {a['monthly_volume']:,} texts a month, "
+                 f"{a['handling_cost']} USD to handle a text by hand and {a['error_cost']} USD per wrong automatic decision "
+                 "(the evaluate job's assumptions: `-p handling_cost=...`); the net is after the monthly cost: "
+                 + "; ".join(f"{md_text(i['what'])} " + ("n/a" if i["usd"] is None else f"{i['usd']:.4f} USD") + f" ({md_text(i['how'])})"
+                             for i in month["items"])
+                 + f"; prices {top['prices']['per_core_hour']} USD per core-hour, {top['prices']['per_gpu_hour']} per GPU-hour.")
         versus = (f"; against the best baseline of its training run ({md_text(row['baseline'])}, test macro-F1 {row['baseline_macro_f1']:.3f}): "
                   f"{row['lift'] * 100:+.2f} points, test noise {row['lift_sd'] * 100:.2f} (paired-bootstrap sd)") if row["lift"] is not None else ""
+        prev = top["previous"]
+        before = (f"Against the previous version v{prev['version']} ({md_text(prev['variant'])}, gate: {md_text(prev['gate'])}): "
+                  f"macro-F1 {((row['macro_f1'] or 0) - (prev['macro_f1'] or 0)) * 100:+.2f} points, "
+                  f"cost per million {(row['usd_per_million'] or 0) - (prev['usd_per_million'] or 0):+.3f} USD. "
+                  "All versions and the baselines: [Versions and cost](./versions).") if prev else "The first version of this model."
         status = pn.pane.HTML(f"<b>Monitoring status</b> {status_badge(last['status'] if last else None)} "
                               + (f"({html.escape(str(last['recommendation']))}, {last['created']:%Y-%m-%d %H:%M} UTC, "
                                  f"{last['rows']} rows)" if last else
                                  "no monitoring run yet: <code>workbench run monitor</code>"))
+        ev = src.get("evaluate")
+        evidence = pn.pane.Markdown("\n".join([
+            "| figure | where it comes from |", "|---|---|",
+            *(f"| {k} | {_evidence_link(ev)} |" for k in ("test macro-F1, latency, cost per million, lift", "handled automatically, net value")),
+            f"| cost a month | CPU per text from {_evidence_link(ev)}; the scheduled runs from the [cost ledger](./versions) |",
+            f"| monitoring status | {_evidence_link(src.get('monitor'))} |",
+            f"| model card | {_evidence_link(src.get('govern'))} |"]), css_classes=["wb-evidence"], sizing_mode="stretch_width")
         runs = load_runs().head(10)
         return pn.Column(outside_gate_alert(self.model), f"**{md_text(self.model)}** version {row['version']} ({md_text(row['variant'])}), "
                          f"aliases: {md_text(row['aliases'] or 'none')}; gate: {md_text(row['gate'])}{versus}",
-                         cards, worth, status, "### Last runs", table(runs.select("run_id", "pipeline", "status", "created", "seconds", "failed_step"), "runs") if runs.height else empty("pipeline run", "workbench run main"))
+                         cards, worth, before, status, "### Where each figure comes from", evidence,
+                         "### Last runs", table(runs.select("run_id", "pipeline", "status", "created", "seconds", "failed_step"), "runs") if runs.height else empty("pipeline run", "workbench run main"))
 
 class Data(Page):
     title = "Data"
@@ -414,14 +461,93 @@ class Governance(Page):
                          table(slices.select("column", "value", "rows", "accuracy", "macro_f1", "gap", "status"), "slices") if slices is not None and slices.height else "no slice metrics",
                          model_card_pane(card), sizing_mode="stretch_width")
 
+class Versions(Page):
+    title = "Versions and cost"
+    def content(self):
+        cmp = load_compare(self.model) if self.model else pl.DataFrame()
+        if not cmp.height: return empty("registered model", "workbench run main")
+        from workbench.registry import audit_trail
+        from workbench.ledger import version_costs
+        costs = version_costs(load_ledger().filter(pl.col("model_name") == self.model))
+        trail = audit_trail(self.model).sort("at", descending=True)
+        top = load_headline(self.model)
+        month = pl.DataFrame(top["monthly_cost"]["items"], schema={"what": pl.String, "usd": pl.Float64, "how": pl.String})
+        return pn.Column("Every version of the model and the baselines of its champion's evaluation: test macro-F1 with its "
+                         "bootstrap noise (sd), latency, cost per million predictions, automation and net value a month at the "
+                         "evaluate job's assumptions (inference cost only), the gate's decision. `on_frontier`: no other row is "
+                         "both cheaper and better.",
+                         frontier_chart(cmp), table(cmp, "versions"),
+                         "### Gate decisions (the audit trail)", table(trail, "gate-decisions") if trail.height else "none",
+                         "### Cost a month", f"{top['monthly_cost']['usd']:.4f} USD at "
+                         f"{top['prices']['per_core_hour']} USD per core-hour and {top['prices']['per_gpu_hour']} per GPU-hour "
+                         "(`prices.yaml` in the workspace):", table(month, "cost-a-month"),
+                         "### Cost so far, per version and kind of work (the cost ledger)",
+                         table(costs, "cost-ledger") if costs.height else empty("measured job run", "workbench run main"),
+                         sizing_mode="stretch_width")
+
+def frontier_chart(cmp: pl.DataFrame) -> pn.pane.Bokeh:
+    "Quality against cost per million predictions: every version and baseline, the frontier joined by a line."
+    from bokeh.models import ColumnDataSource, HoverTool, LabelSet
+    from bokeh.plotting import figure
+    d = cmp.filter(pl.col("usd_per_million").is_not_null() & pl.col("macro_f1").is_not_null())
+    src = ColumnDataSource({"x": d["usd_per_million"].to_list(), "y": d["macro_f1"].to_list(), "what": d["what"].to_list(),
+                            "colour": ["#2563eb" if f else "#9ca3af" for f in d["on_frontier"].to_list()]})
+    p = figure(title="Accuracy against cost (the frontier in blue)", height=320, sizing_mode="stretch_width", toolbar_location=None,
+               css_classes=["wb-chart", "wb-frontier"])
+    front = d.filter("on_frontier").sort("usd_per_million")
+    p.line(front["usd_per_million"].to_list(), front["macro_f1"].to_list(), color="#2563eb", line_width=2)
+    p.scatter("x", "y", color="colour", size=10, source=src)
+    p.add_layout(LabelSet(x="x", y="y", text="what", source=src, x_offset=6, y_offset=4, text_font_size="9pt"))
+    p.add_tools(HoverTool(tooltips=[("", "@what"), ("USD per million", "@x{0.000}"), ("macro-F1", "@y{0.000}")]))
+    p.xaxis.axis_label, p.yaxis.axis_label = "USD per million predictions", "test macro-F1"
+    return pn.pane.Bokeh(p, sizing_mode="stretch_width")
+
+class Trends(Page):
+    title = "Trends"
+    filters = ("model", "days")
+    def content(self):
+        t = load_trends(self.model, self.days) if self.model else None
+        d = t["daily"] if t else pl.DataFrame()
+        if not d.height: return empty(f"scored, served or monitored text in the last {self.days} days", "workbench run monitor")
+        marks = [(r["at"], f"v{r['version']}") for r in t["changes"].iter_rows(named=True)]
+        day = d.with_columns(pl.col("day").cast(pl.Datetime("us", "UTC")))
+        long = lambda cols, name: day.unpivot(cols, index="day", variable_name="series", value_name=name).drop_nulls(name)
+        charts = [line_chart(long(["texts", "served", "scored"], "texts"), "day", "texts", "series", "Texts a day", "texts", marks),
+                  line_chart(long(["usd"], "usd"), "day", "usd", "series", "Measured cost a day (USD)", "USD", marks),
+                  line_chart(long(["estimated_macro_f1", "realized_macro_f1"], "macro_f1"), "day", "macro_f1", "series",
+                             "Estimated (no labels) and realized macro-F1", "macro-F1", marks),
+                  line_chart(long(["mean_confidence"], "confidence"), "day", "confidence", "series", "Mean confidence", "", marks),
+                  line_chart(t["labels"].with_columns(pl.col("day").cast(pl.Datetime("us", "UTC"))), "day", "share", "label",
+                             "Predicted-label mix", "share of the day's texts", marks)]
+        lat = long(["p50_ms", "p95_ms"], "ms")
+        if lat.height: charts.insert(1, line_chart(lat, "day", "ms", "series", "Request latency of the served model", "ms", marks))
+        return pn.Column("Day by day, with the champion's changes marked (dashed lines); drift status per day in the table:",
+                         *charts, table(d, "trends"), sizing_mode="stretch_width")
+
+class Report(Page):
+    title = "Weekly report"
+    def content(self):
+        f = latest_report(self.model) if self.model else None
+        if not f: return empty("stakeholder report", "workbench run report")
+        frame = html.escape(f.read_text(), quote=True)  # sandboxed: the report runs no script and fetches nothing anyway
+        return pn.Column(f"The latest report of **{md_text(self.model)}**, {md_text(f.name)} (the `report` pipeline, weekly):",
+                         pn.widgets.FileDownload(file=str(f), filename=f.name, label=f"Download {f.name}", button_type="primary", width=260),
+                         pn.pane.HTML(f'<iframe class="wb-report" title="report" sandbox srcdoc="{frame}" '
+                                      'style="width:100%;height:1400px;border:1px solid #e5e7eb"></iframe>', sizing_mode="stretch_width"),
+                         sizing_mode="stretch_width")
+
 class Jobs(Page):
     title = "Jobs"
     filters = ("days",)
     def content(self):
-        runs = load_runs().filter(pl.col("created") >= self.since())
+        every = load_runs()
+        runs = every.filter(pl.col("created") >= self.since())
         if not runs.height: return empty(f"pipeline run in the last {self.days} days", "workbench run main")
-        books = {f"{r} / {nb.parent.name}": str(nb) for r, folder in zip(runs["run_id"], runs["folder"]) for nb in sorted(Path(folder).glob("*/*.ipynb"))}
-        pick = pn.widgets.Select(name="Executed notebook", options=books, width=560)
+        book = lambda rs: {f"{r} / {nb.parent.name}": str(nb) for r, folder in zip(rs["run_id"], rs["folder"]) for nb in sorted(Path(folder).glob("*/*.ipynb"))}
+        books = book(runs)
+        asked = ((pn.state.session_args or {}).get("notebook") or [b""])[0].decode(errors="replace").replace("/", " / ", 1)  # a figure's evidence link
+        if asked and asked not in books: books.update({k: v for k, v in book(every).items() if k == asked})
+        pick = pn.widgets.Select(name="Executed notebook", options=books, width=560, **({"value": books[asked]} if asked in books else {}))
         labels = {v: k for k, v in books.items()}
         @guarded
         def show(path):
@@ -465,8 +591,8 @@ class Explore(Page):
                          "slightly from the served variant's; green for, red against).",
                          box, go, pn.panel(pn.bind(guarded(lambda _: explain_text(uri, box.value)), go)), sizing_mode="stretch_width")
 
-PAGES = {"overview": Overview, "data": Data, "training": Training, "inference": Inference, "monitoring": Monitoring,
-         "governance": Governance, "jobs": Jobs, "explore": Explore}
+PAGES = {"overview": Overview, "versions": Versions, "trends": Trends, "data": Data, "training": Training, "inference": Inference,
+         "monitoring": Monitoring, "governance": Governance, "jobs": Jobs, "explore": Explore, "report": Report}
 
 # %% ../nbs/70_dashboard.ipynb #5ff7d26e
 class LoginThrottle:

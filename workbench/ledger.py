@@ -21,7 +21,7 @@ from .config import workspace
 __all__ = ['KINDS', 'LEDGER_SCHEMA', 'VERSIONS_SCHEMA', 'TRENDS_SCHEMA', 'Prices', 'load_prices', 'step_model', 'job_costs',
            'serving_costs', 'cost_ledger', 'version_costs', 'runs_per_month', 'monthly_cost', 'evidence_dir',
            'write_evidence', 'read_evidence', 'macro_f1_noise', 'model_versions', 'frontier', 'compare_versions',
-           'daily_trends', 'champion_changes', 'kpi_sources', 'notebook_page']
+           'daily_trends', 'champion_changes', 'kpi_sources', 'headline', 'headline_rows', 'notebook_page']
 
 # %% ../nbs/48_ledger.ipynb #33394a2c
 @dataclass(frozen=True)
@@ -416,6 +416,72 @@ def kpi_sources(name: str,  # registered model name
                              "data_fingerprint": out_.get("data_fingerprint") or (out_.get("lineage_inputs") or {}).get("data"),
                              "mlflow_run_id": a.get("mlflow_run_id"), "finished": r.get("finished")}
     return out
+
+# %% ../nbs/48_ledger.ipynb #bb8219e1
+def headline(name: str,  # registered model name
+             versions: pl.DataFrame | None = None,  # from `model_versions`; default read now
+             runs: list[dict] | None = None,  # pipeline run records; default the workspace's
+             log: pl.LazyFrame | pl.DataFrame | None = None,  # the inference log; default the workspace's
+             schedules: dict | None = None,  # default the pipelines file's
+             prices: Prices | None = None,  # default `load_prices()`
+            ) -> dict | None:  # None when `name` has no version
+    "The champion's figures: quality and noise, automation, monthly cost and net value, baseline and previous version."
+    from workbench.value import ValueAssumptions, value_estimate
+    vers = (model_versions() if versions is None else versions).filter(pl.col("name") == name).sort("version")
+    if not vers.height: return None
+    if schedules is None:
+        from workbench.jobs import load_pipelines
+        try: schedules = load_pipelines()[1]
+        except (OSError, ValueError): schedules = {}
+    prices = prices or load_prices()
+    champ_rows = vers.filter(pl.col("aliases").str.contains("champion"))
+    c = (champ_rows if champ_rows.height else vers).row(-1, named=True)
+    assume = ValueAssumptions(**json.loads(c["value_assumptions"])) if c["value_assumptions"] else ValueAssumptions()
+    ledger = cost_ledger(runs, log, prices)
+    per_text = c["cpu_s_per_million"] / 1e6 if c["cpu_s_per_million"] is not None else None
+    month = monthly_cost(ledger, assume.monthly_volume, per_text, schedules, prices, (name, str(c["version"])))
+    ev = read_evidence(name, c["version"])
+    worth, sd = None, None
+    if ev:
+        h = ev["heldout"]
+        right = (h["label"] == h["prediction"]).to_numpy()
+        worth = value_estimate(h["confidence"].to_numpy(), right, assume, usd_per_million=0.0)  # compute: the ledger's
+        sd = macro_f1_noise(h["label"].to_list(), h["prediction"].to_list())
+    before = vers.filter(pl.col("version") < c["version"])
+    prev = before.row(-1, named=True) if before.height else None
+    net = worth["saved_usd"] - worth["error_usd"] - month["usd"] if worth else None
+    return {"name": name, "version": c["version"], "aliases": c["aliases"], "served": c["variant"], "gate": c["gate"],
+            "macro_f1": c["macro_f1"], "macro_f1_sd": sd, "p95_ms": c["p95_ms"], "usd_per_million": c["usd_per_million"],
+            "baseline": c["baseline"], "baseline_macro_f1": c["baseline_macro_f1"], "lift": c["lift"], "lift_sd": c["lift_sd"],
+            "automation_rate": worth["automation_rate"] if worth else c["automation_rate"], "value": worth,
+            "monthly_cost": month, "net_usd_month": net, "assumptions": asdict(assume), "prices": prices.as_dict(),
+            "previous": None if prev is None else {k: prev[k] for k in ("version", "variant", "macro_f1", "p95_ms",
+                                                                         "usd_per_million", "gate", "automation_rate")},
+            "run_id": c["run_id"], "git_commit": c["git_commit"], "dataset_fingerprint": c["dataset_fingerprint"]}
+
+# %% ../nbs/48_ledger.ipynb #a226efb3
+def headline_rows(top: dict,  # from `headline`
+                 ) -> pl.DataFrame:  # figure, value, how
+    "The headline figures as a table, each with the arithmetic or the assumption behind it."
+    a, month, prev = top["assumptions"], top["monthly_cost"], top["previous"]
+    fmt = lambda v, f: "n/a" if v is None else format(v, f)
+    noise = f" (bootstrap sd {top['macro_f1_sd'] * 100:.1f} points)" if top["macro_f1_sd"] is not None else ""
+    lift = (f"{top['lift'] * 100:+.2f} points over {top['baseline']} ({top['baseline_macro_f1']:.3f})"
+            if top["lift"] is not None else "no baseline recorded")
+    rows = [("champion", f"v{top['version']} ({top['served']})", f"gate: {top['gate']}"),
+            ("test macro-F1", fmt(top["macro_f1"], ".3f") + noise, "held-out test split of its dataset"),
+            ("lift over the best baseline", lift, f"test noise sd {fmt((top['lift_sd'] or 0) * 100, '.2f')} points"),
+            ("handled automatically", f"{(top['automation_rate'] or 0):.1%}",
+             f"at {a['target_precision']:.0%} precision (its lower 95% bound on the test split)"),
+            ("cost a month", f"{month['usd']:,.2f} USD", "; ".join(f"{i['what']}: {i['how']}" for i in month["items"])
+             + f"; {top['prices']['per_core_hour']} USD per core-hour, {top['prices']['per_gpu_hour']} per GPU-hour"),
+            ("net value a month", "n/a" if top["net_usd_month"] is None else f"{top['net_usd_month']:,.2f} USD",
+             f"{a['monthly_volume']:,} texts x automation x {a['handling_cost']} USD saved, less {a['error_cost']} USD "
+             "per wrong automatic decision, less the cost a month (assumptions to be replaced by your own)"),
+            ("previous version", "none" if prev is None else f"v{prev['version']} ({prev['variant']}): macro-F1 "
+             f"{fmt(prev['macro_f1'], '.3f')}, {fmt(prev['usd_per_million'], '.3f')} USD per million",
+             "" if prev is None else f"gate: {prev['gate']}")]
+    return pl.DataFrame(rows, schema=["figure", "value", "how"], orient="row")
 
 # %% ../nbs/48_ledger.ipynb #4fabe534
 _CSP = ("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
