@@ -67,7 +67,9 @@ def shot(page, name: str) -> Path:
 
 # what each dashboard page must show once its data exists (Playwright's CSS reaches into Panel's shadow roots)
 DASHBOARD_KEYS = {
-    "overview": [".wb-kpi", ".wb-status", ".tabulator-row"],
+    "overview": [".wb-kpi", ".wb-status", ".wb-evidence a", ".tabulator-row"],
+    "versions": [".wb-frontier canvas", ".tabulator-row"],
+    "trends": [".wb-chart canvas", ".tabulator-row"],
     "data": [".tabulator-row"],
     "training": [".wb-chart canvas", ".tabulator-row"],
     "inference": [".tabulator-row"],
@@ -75,6 +77,7 @@ DASHBOARD_KEYS = {
     "governance": [".wb-card h1", ".tabulator-row"],
     "jobs": [".tabulator-row", "iframe.wb-notebook"],
     "explore": [".wb-prediction", ".wb-explanation span"],
+    "report": ["iframe.wb-report"],
 }
 
 
@@ -95,6 +98,8 @@ def visit(page, url: str, key: str, timeout_ms: int = 120_000) -> dict:
         page.locator("textarea").fill("Please cancel my subscription before the next renewal")
         page.locator(".bk-btn", has_text="Classify and explain").click()
         page.locator(".wb-explanation", has_text="renewal").wait_for(timeout=timeout_ms)
+    if key == "report":  # the report itself inside its frame: its headline table
+        page.frame_locator("iframe.wb-report").locator("td", has_text="handled automatically").first.wait_for(timeout=timeout_ms)
     if key == "jobs":  # the executed notebook inside its frame
         page.frame_locator("iframe.wb-notebook").locator(".jp-Cell").first.wait_for(timeout=timeout_ms)
     page.wait_for_timeout(500)  # let charts finish drawing before a screenshot

@@ -207,6 +207,9 @@ def line_chart(df: pl.DataFrame, x: str, y: str, by: str, title: str, y_label: s
         p.line(src["x"], src["y"], legend_label=str(key), color=Category10_10[i % 10], line_width=2)
         p.scatter(src["x"], src["y"], color=Category10_10[i % 10], size=5)
     p.add_tools(HoverTool(tooltips=[(x, "@x"), (y, "@y")]))
+    if df.schema[x].is_temporal() and df.height and (df[x].max() - df[x].min()) < dt.timedelta(days=1):  # one day: a readable range
+        from bokeh.models import Range1d
+        p.x_range = Range1d(df[x].min() - dt.timedelta(hours=12), df[x].max() + dt.timedelta(hours=12))
     for when, text in marks:
         at = when.timestamp() * 1e3  # Bokeh's datetime axis counts milliseconds
         p.add_layout(Span(location=at, dimension="height", line_color="#6b7280", line_dash="dashed"))
@@ -511,7 +514,8 @@ class Trends(Page):
         if not d.height: return empty(f"scored, served or monitored text in the last {self.days} days", "workbench run monitor")
         marks = [(r["at"], f"v{r['version']}") for r in t["changes"].iter_rows(named=True)]
         day = d.with_columns(pl.col("day").cast(pl.Datetime("us", "UTC")))
-        long = lambda cols, name: day.unpivot(cols, index="day", variable_name="series", value_name=name).drop_nulls(name)
+        long = lambda cols, name: day.select("day", *cols).unpivot(cols, index="day", variable_name="series", value_name=f"_{name}") \
+                                     .rename({f"_{name}": name}).drop_nulls(name)
         charts = [line_chart(long(["texts", "served", "scored"], "texts"), "day", "texts", "series", "Texts a day", "texts", marks),
                   line_chart(long(["usd"], "usd"), "day", "usd", "series", "Measured cost a day (USD)", "USD", marks),
                   line_chart(long(["estimated_macro_f1", "realized_macro_f1"], "macro_f1"), "day", "macro_f1", "series",
