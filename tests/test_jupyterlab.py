@@ -86,6 +86,13 @@ def test_interactive_notebook_widgets_render_in_jupyterlab(lab):
             explorer.locator(".explanation", has_text="refund").wait_for(timeout=120_000)  # the new text's explanation replaced the first one
             assert explorer.locator(".wb-prediction").count() == 1 and explorer.locator(".wb-probs tr").count() == 4
             assert explorer.locator(".explanation span").count() == len("My card was charged twice , please refund the second payment".split())
+            # the value explorer: a dearer hand-handling cost, typed into its field, changes the saving shown
+            value = page.locator(".jp-OutputArea .widget-vbox", has=page.locator(".wb-value")).first
+            assert "4.00 USD handling cost" in value.inner_text(), value.inner_text()  # as the notebook left it
+            field = value.locator(".widget-text", has_text="handling a text by hand").locator("input")
+            field.fill("1000")
+            field.press("Enter")
+            value.get_by_text("1000.00 USD handling cost").wait_for(timeout=30_000)  # recomputed in the kernel, shown again
         except Exception as e:
             shot(page, "jupyterlab-failure")
             prompts = page.locator(".jp-InputPrompt").all_inner_texts()
