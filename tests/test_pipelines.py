@@ -77,6 +77,16 @@ def test_train_pipeline_records_everything(ws, trained):
     train_child = next(c for c in children if c.info.run_name == "02-train")
     assert train_child.data.params["epochs"] == "1" and train_child.data.tags["output.training_run_id"] == out["train"]["training_run_id"]
     assert client.get_model_version_by_alias("small", "champion").version in (1, "1")
+    # the cost ledger's inputs: every attempt's kernel CPU, priced; the run's total, also in MLflow
+    attempts = [a for s in rec["steps"] for a in s["attempts"]]
+    assert all(a["cpu_s"] > 0 and a["usd"] > 0 and a["gpu_s"] == 0 for a in attempts), attempts
+    assert abs(rec["cost"]["usd"] - sum(a["usd"] for a in attempts)) < 1e-12 and parent.data.metrics["usd"] == rec["cost"]["usd"]
+    assert all(c.data.metrics["cpu_s"] > 0 for c in children)
+    # the evidence of version 1: its held-out predictions and every candidate's test report
+    ev = ws / "workspace" / "evidence" / "small" / "v1"
+    held, cands = pl.read_parquet(ev / "heldout.parquet"), pl.read_parquet(ev / "candidates.parquet")
+    assert held.columns == ["label", "prediction", "confidence"] and held.height == out["evaluate"]["value"]["rows"]
+    assert set(out["evaluate"]["macro_f1_by_variant"]) == set(cands["variant"])
 
 
 def _metrics(rec):
@@ -485,8 +495,24 @@ def test_dashboard_pages_and_login(ws, trained, monkeypatch, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
     if not any("slo" in json.loads(f.read_text()) for f in (ws / "workspace" / "monitoring").glob("*/*.json")):  # latency windows come from monitoring the log
         test_monitor_reads_the_inference_log(ws, trained, tmp_path)
+    r = wb(ws, "run", "report")  # the stakeholder report: value, cost, versions, trends as one HTML file
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report_run = run_record(ws, r.stdout)
+    report = Path(report_run["steps"][1]["outputs"]["report_html"])
+    page_html = report.read_text()
+    assert "<script" not in page_html.lower() and "default-src 'none'" in page_html and "handled automatically" in page_html
+    assert "from workbench.ledger import" not in page_html  # outputs only, no code
+    import html as html_lib
     from workbench.dashboard import PAGES
+    from workbench.interactive import ValueExplorer
     pn.state.clear_caches()
+    champion_v = str(_client(ws).get_model_version_by_alias("small", "champion").version)
+    from workbench.jobs import list_runs
+    from workbench.ledger import headline, headline_rows
+    top = headline("small", runs=[x for x in list_runs() if x["run_id"] != report_run["run_id"]])  # as the report saw the workspace
+    for v in headline_rows(top)["value"]: assert html_lib.escape(v) in page_html, v  # the report's numbers are the dashboard's
+    tags = _client(ws).get_model_version("small", champion_v).tags
+    assert ValueExplorer.for_version("small", champion_v).last["automation_rate"] == float(tags["value.automation_rate"])
     for key, cls in PAGES.items():  # in-process: each page built from the real records, no empty state, no error
         content = cls().content()
         alerts = [a.object for a in content.select(pn.pane.Alert)] if hasattr(content, "select") else [content.object]
@@ -529,5 +555,20 @@ def test_dashboard_pages_and_login(ws, trained, monkeypatch, tmp_path):
                 assert not seen["empty"] and not seen["failed"], (key, seen)
                 assert not errors, (key, errors, (tmp_path / "dashboard.log").read_text()[-2000:])
             assert visit(page, url, "training")["counts"][".wb-chart canvas"] > 0
+            # a figure's evidence: one click from the Overview to the executed notebook of the step that measured it
+            visit(page, url, "overview")
+            page.locator(".wb-evidence a", has_text="evaluate of run").first.click()
+            page.wait_for_url("**/jobs?notebook=*", timeout=60_000)
+            page.frame_locator("iframe.wb-notebook").locator(".jp-Cell", has_text="evaluate_candidates").first.wait_for(timeout=60_000)
+            shot(page, "dashboard-evidence-link")
+            # the report on its own: no script runs, nothing is fetched from anywhere
+            fetched = []
+            alone = b.new_page()
+            alone.on("request", lambda r: r.url.startswith("file:") or fetched.append(r.url))
+            alone.goto(report.as_uri())
+            alone.locator("td", has_text="net value a month").first.wait_for(timeout=30_000)
+            assert not fetched and alone.locator("script").count() == 0 and alone.locator("img").count() >= 1, fetched
+            shot(alone, "report")
+            assert not errors, errors
     finally:
         proc.terminate(); proc.wait(30); log.close()
