@@ -13,7 +13,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import ROOT, browser, console_errors, free_port, login, visit, wait_up  # noqa: E402
 
-PAGES = {"overview": 900, "monitoring": 1500, "governance": 1100, "explore": 800}  # page -> height kept (px at 1280 wide)
+PAGES = {"overview": 1250, "versions": 1300, "trends": 1300, "monitoring": 1500, "governance": 1100, "explore": 800}  # page -> height kept (px at 1280 wide)
 
 
 def main(out: Path = ROOT / "docs" / "img"):
