@@ -349,7 +349,8 @@ class Overview(Page):
             _kpi("net value a month (USD)", round(top["net_usd_month"] if top["net_usd_month"] is not None else row["net_usd_month"] or 0),
                  "${value:,.0f}"), sizing_mode="stretch_width", css_classes=["wb-kpis"])
         a = top["assumptions"]
-        worth = (f"Value at {a['target_precision']:.0%} precision (lower 95% bound), {a['monthly_volume']:,} texts a month, "
+        worth = (f"Value at {a['target_precision']:.0%} precision (lower 95% bound), {top['monthly_volume']:,} texts a month "
+                 f"({md_text(top['volume'])}), "
                  f"{a['handling_cost']} USD to handle a text by hand and {a['error_cost']} USD per wrong automatic decision "
                  "(the evaluate job's assumptions: `-p handling_cost=...`); the net is after the monthly cost: "
                  + "; ".join(f"{md_text(i['what'])} " + ("n/a" if i["usd"] is None else f"{i['usd']:.4f} USD") + f" ({md_text(i['how'])})"

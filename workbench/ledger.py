@@ -21,7 +21,8 @@ from .config import workspace
 __all__ = ['KINDS', 'LEDGER_SCHEMA', 'VERSIONS_SCHEMA', 'TRENDS_SCHEMA', 'Prices', 'load_prices', 'step_model', 'job_costs',
            'serving_costs', 'cost_ledger', 'version_costs', 'runs_per_month', 'monthly_cost', 'evidence_dir',
            'write_evidence', 'read_evidence', 'macro_f1_noise', 'model_versions', 'frontier', 'compare_versions',
-           'daily_trends', 'champion_changes', 'kpi_sources', 'headline', 'headline_rows', 'notebook_page']
+           'daily_trends', 'champion_changes', 'kpi_sources', 'measured_volume', 'headline', 'headline_rows',
+           'notebook_page']
 
 # %% ../nbs/48_ledger.ipynb #33394a2c
 @dataclass(frozen=True)
@@ -417,6 +418,22 @@ def kpi_sources(name: str,  # registered model name
                              "mlflow_run_id": a.get("mlflow_run_id"), "finished": r.get("finished")}
     return out
 
+# %% ../nbs/48_ledger.ipynb #f96d42ae
+def measured_volume(name: str,  # registered model name
+                    log: pl.LazyFrame | pl.DataFrame | None = None,  # the inference log; default the workspace's
+                    now: dt.datetime | None = None,
+                   ) -> dict | None:  # monthly (texts a month), texts, days; None when nothing was served in 30 days
+    "The monthly volume the server measured: texts served by `name` in the last 30 days, scaled to 30 days."
+    from workbench.serve import read_inference_log
+    now = now or dt.datetime.now(dt.timezone.utc)
+    lf = (read_inference_log(since=now - dt.timedelta(days=30)) if log is None else log.lazy())
+    if not {"ts", "model_name"} <= set(lf.collect_schema().names()): return None
+    s = lf.filter((pl.col("model_name") == name) & (pl.col("ts") >= now - dt.timedelta(days=30))).select(
+        n=pl.len(), first=pl.col("ts").min()).collect().row(0, named=True)
+    if not s["n"]: return None
+    days = min(30.0, max(1.0, (now - s["first"]).total_seconds() / 86400))  # at least a day: an hour's traffic is not a month's
+    return {"monthly": round(s["n"] * 30 / days), "texts": s["n"], "days": days}
+
 # %% ../nbs/48_ledger.ipynb #bb8219e1
 def headline(name: str,  # registered model name
              versions: pl.DataFrame | None = None,  # from `model_versions`; default read now
@@ -438,14 +455,17 @@ def headline(name: str,  # registered model name
     c = (champ_rows if champ_rows.height else vers).row(-1, named=True)
     assume = ValueAssumptions(**json.loads(c["value_assumptions"])) if c["value_assumptions"] else ValueAssumptions()
     ledger = cost_ledger(runs, log, prices)
+    seen = measured_volume(name, log)
+    volume = seen["monthly"] if seen else assume.monthly_volume
     per_text = c["cpu_s_per_million"] / 1e6 if c["cpu_s_per_million"] is not None else None
-    month = monthly_cost(ledger, assume.monthly_volume, per_text, schedules, prices, (name, str(c["version"])))
+    month = monthly_cost(ledger, volume, per_text, schedules, prices, (name, str(c["version"])))
     ev = read_evidence(name, c["version"])
     worth, sd = None, None
     if ev:
         h = ev["heldout"]
         right = (h["label"] == h["prediction"]).to_numpy()
-        worth = value_estimate(h["confidence"].to_numpy(), right, assume, usd_per_million=0.0)  # compute: the ledger's
+        worth = value_estimate(h["confidence"].to_numpy(), right, assume, usd_per_million=0.0,  # compute: the ledger's
+                               monthly_volume=volume if seen else None)
         sd = macro_f1_noise(h["label"].to_list(), h["prediction"].to_list())
     before = vers.filter(pl.col("version") < c["version"])
     prev = before.row(-1, named=True) if before.height else None
@@ -455,6 +475,8 @@ def headline(name: str,  # registered model name
             "baseline": c["baseline"], "baseline_macro_f1": c["baseline_macro_f1"], "lift": c["lift"], "lift_sd": c["lift_sd"],
             "automation_rate": worth["automation_rate"] if worth else c["automation_rate"], "value": worth,
             "monthly_cost": month, "net_usd_month": net, "assumptions": asdict(assume), "prices": prices.as_dict(),
+            "monthly_volume": volume, "volume": f"measured: {seen['texts']:,} texts served in {seen['days']:.1f} days" if seen
+                                                else "assumed (the evaluate job's monthly_volume)",
             "previous": None if prev is None else {k: prev[k] for k in ("version", "variant", "macro_f1", "p95_ms",
                                                                          "usd_per_million", "gate", "automation_rate")},
             "run_id": c["run_id"], "git_commit": c["git_commit"], "dataset_fingerprint": c["dataset_fingerprint"]}
@@ -476,7 +498,7 @@ def headline_rows(top: dict,  # from `headline`
             ("cost a month", f"{month['usd']:,.2f} USD", "; ".join(f"{i['what']}: {i['how']}" for i in month["items"])
              + f"; {top['prices']['per_core_hour']} USD per core-hour, {top['prices']['per_gpu_hour']} per GPU-hour"),
             ("net value a month", "n/a" if top["net_usd_month"] is None else f"{top['net_usd_month']:,.2f} USD",
-             f"{a['monthly_volume']:,} texts x automation x {a['handling_cost']} USD saved, less {a['error_cost']} USD "
+             f"{top['monthly_volume']:,} texts a month ({top['volume']}) x automation x {a['handling_cost']} USD saved, less {a['error_cost']} USD "
              "per wrong automatic decision, less the cost a month (assumptions to be replaced by your own)"),
             ("previous version", "none" if prev is None else f"v{prev['version']} ({prev['variant']}): macro-F1 "
              f"{fmt(prev['macro_f1'], '.3f')}, {fmt(prev['usd_per_million'], '.3f')} USD per million",
