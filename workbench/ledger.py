@@ -191,7 +191,7 @@ def evidence_dir(name: str,  # registered model name
                  version: str | int,
                 ) -> Path:
     "Where a version's held-out evidence lives: `<workspace>/evidence/<name>/v<version>`."
-    if not re.fullmatch(r"[\w.-]+", name): raise ValueError(f"model name {name!r}: letters, digits, '_', '.', '-' only")
+    if not re.fullmatch(r"[\w.-]+", name) or set(name) == {"."}: raise ValueError(f"model name {name!r}: letters, digits, '_', '.', '-' only")
     return workspace("evidence", create=False) / name / f"v{version}"
 
 # %% ../nbs/48_ledger.ipynb #f79649cc
