@@ -88,7 +88,8 @@ def hostile(tmp_path_factory):
              "min_lift_sd": 0, "max_parity_drop": 1, "max_p95_ms": 10000, "latency_samples": 3}
     monitor = {**names, "source": str(root / "new.csv"), "model": f"models:/{model}@champion", "explain_rows": 4,
                "embedding_rows": 0, "min_slice_rows": 1, "features": "channel,product,region"}
-    for pipeline, params in (("train", train), ("monitor", monitor)):
+    report = {"model": f"models:/{model}@champion"}  # the stakeholder report of a model with a payload for a name
+    for pipeline, params in (("train", train), ("monitor", monitor), ("report", report)):
         (root / f"{pipeline}.yaml").write_text(yaml.safe_dump(params))
         r = workbench_cmd("run", pipeline, "-q", "-f", root / f"{pipeline}.yaml", env=env)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -145,6 +146,9 @@ def test_hostile_workspace_shows_payloads_as_text(hostile, tmp_path):
             assert page.locator("img[src=x], svg[onload]").count() == 0, key
             for payload in shows.get(key, []):
                 assert _visible(page.get_by_text(payload)), (key, payload)
+            if key == "report":  # the report in its sandboxed frame names the model, as text
+                frame = page.frame_locator("iframe.wb-report")
+                assert frame.locator("img[src=x]").count() == 0 and _visible(frame.get_by_text(IMG).first), key
             if key == "jobs":  # the executed notebook in its sandboxed frame shows the dataset name, as text
                 frame = page.frame_locator("iframe.wb-notebook")
                 assert frame.locator("img[src=x]").count() == 0 and _visible(frame.get_by_text(IMG)), key

@@ -76,8 +76,8 @@ def load_sources(model: str, version: int) -> dict[str, dict]:
 
 def latest_report(model: str) -> Path | None:
     "The newest stakeholder report of a model (`workbench run report`), if any."
-    if not re.fullmatch(r"[\w.-]+", model) or model in (".", ".."): return None  # a registry name is not a path
-    d = workspace("reports", create=False) / model
+    from workbench.ledger import folder_name
+    d = workspace("reports", create=False) / folder_name(model)  # a registry name is not a path
     found = sorted(d.glob("report-*.html")) if d.is_dir() else []
     return found[-1] if found else None
 

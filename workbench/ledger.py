@@ -19,10 +19,10 @@ from .config import workspace
 
 # %% auto #0
 __all__ = ['KINDS', 'LEDGER_SCHEMA', 'VERSIONS_SCHEMA', 'TRENDS_SCHEMA', 'Prices', 'load_prices', 'step_model', 'job_costs',
-           'serving_costs', 'cost_ledger', 'version_costs', 'runs_per_month', 'monthly_cost', 'evidence_dir',
-           'write_evidence', 'read_evidence', 'macro_f1_noise', 'model_versions', 'frontier', 'compare_versions',
-           'daily_trends', 'champion_changes', 'kpi_sources', 'measured_volume', 'headline', 'headline_rows',
-           'notebook_page']
+           'serving_costs', 'cost_ledger', 'version_costs', 'runs_per_month', 'monthly_cost', 'folder_name',
+           'evidence_dir', 'write_evidence', 'read_evidence', 'macro_f1_noise', 'model_versions', 'frontier',
+           'compare_versions', 'daily_trends', 'champion_changes', 'kpi_sources', 'measured_volume', 'headline',
+           'headline_rows', 'notebook_page']
 
 # %% ../nbs/48_ledger.ipynb #33394a2c
 @dataclass(frozen=True)
@@ -186,13 +186,21 @@ def monthly_cost(ledger: pl.DataFrame,  # from `cost_ledger`
     return {"usd": sum(i["usd"] for i in items if i["usd"] is not None), "items": items, "prices": prices.as_dict(),
             "complete": all(i["usd"] is not None for i in items)}
 
+# %% ../nbs/48_ledger.ipynb #e9cd6e78
+def folder_name(name: str,  # a registered model's name: any text MLflow accepts
+               ) -> str:  # one path component
+    "A model's name as a folder name: itself when it is plain (letters, digits, `_.-`), else made plain and suffixed by its hash."
+    import hashlib
+    if re.fullmatch(r"[\w.-]+", name) and set(name) != {"."}: return name
+    plain = re.sub(r"[^\w.-]+", "_", name).strip("._")[:60] or "model"
+    return f"{plain}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
 # %% ../nbs/48_ledger.ipynb #eaef8046
 def evidence_dir(name: str,  # registered model name
                  version: str | int,
                 ) -> Path:
-    "Where a version's held-out evidence lives: `<workspace>/evidence/<name>/v<version>`."
-    if not re.fullmatch(r"[\w.-]+", name) or set(name) == {"."}: raise ValueError(f"model name {name!r}: letters, digits, '_', '.', '-' only")
-    return workspace("evidence", create=False) / name / f"v{version}"
+    "Where a version's held-out evidence lives: `<workspace>/evidence/<folder_name(name)>/v<version>`."
+    return workspace("evidence", create=False) / folder_name(name) / f"v{version}"
 
 # %% ../nbs/48_ledger.ipynb #f79649cc
 def write_evidence(name: str,  # registered model name
