@@ -306,6 +306,23 @@ def test_promote_and_audit_from_the_command_line(ws, trained):
     assert wb(ws, "audit", name).returncode == 0
 
 
+def test_a_refused_first_model_falls_back_and_says_so(ws, trained):
+    "The gate refuses a first model (here on latency): the evaluate job falls back to the best baseline (`fallback_for`), gates it too, and its summary names each refusal."
+    _, rec = trained
+    model_dir = next(s for s in rec["steps"] if s["id"] == "train")["outputs"]["model_dir"]
+    r = wb(ws, "job", "evaluate", "-p", f"model_dir={model_dir}", "-p", "dataset=small", "-p", "name=refused", "-p", "variants=int8",
+           "-p", "max_p95_ms=0.0001", "-p", "latency_samples=3")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    line = next(l for l in r.stdout.splitlines() if l.startswith("fallback"))
+    client = _client(ws)
+    versions = {int(v.version): v.tags for v in client.search_model_versions("name = 'refused'")}
+    for n, tags in versions.items():  # each registered version was refused on latency and is named in the line
+        assert f"the gate refused v{n} ({tags['blend'] if tags['variant'] == 'baseline' else tags['variant']}" in line and tags["gate.decision"] == "refused", (line, tags)
+    last = versions[max(versions)]
+    assert last["variant"] == "baseline" and last["blend"] == "tfidf" and line.count("latency") == len(versions), line  # it ends on the baseline
+    assert "champion" not in client.get_registered_model("refused").aliases  # nobody passed: no champion (a challenger)
+
+
 def test_schedules_from_the_command_line(ws, tmp_path):
     (tmp_path / "p.yaml").write_text("pipelines:\n  data:\n    steps: [prepare]\n"
                                      "schedules:\n  nightly:\n    pipeline: data\n    cron: '30 1 * * 1-5'\n    params: {dataset: sched}\n")

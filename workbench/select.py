@@ -17,7 +17,7 @@ from .infer import Predictor, QuantConfig, baseline_variant, build_variant, pari
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['blend_weight', 'cross_fit_weights', 'select_candidate', 'read_baselines', 'evaluate_candidates']
+__all__ = ['blend_weight', 'cross_fit_weights', 'select_candidate', 'fallback_for', 'read_baselines', 'evaluate_candidates']
 
 # %% ../nbs/36_select.ipynb #3a071be1
 def blend_weight(p_model: np.ndarray,  # the transformer's validation probabilities
@@ -68,6 +68,18 @@ def select_candidate(rows: Sequence[dict],  # name, servable, parity_ok, latency
                f"{', '.join(r['name'] for r in near)}; the cheapest of these: {pick['name']} "
                f"(${pick['usd_per_million']:.2f} per million)")
     return pick["name"], "; ".join(why)
+
+# %% ../nbs/36_select.ipynb #4afbe12d
+def fallback_for(candidate: str,  # the refused candidate (`int8+tfidf`, `fp32`, `tfidf`...)
+                 failed: Sequence[str],  # the gate's failed checks (`parity`, `quality`, `latency`...)
+                 baseline: str | None,  # the best baseline, if any
+                ) -> str | None:  # the candidate to register and gate next
+    "What a refused first model falls back to: its fp32 parent when only parity failed, else the best baseline."
+    from workbench.baselines import BASELINES
+    if set(failed) == {"parity"} and candidate not in BASELINES:
+        parent = "fp32" + (candidate[candidate.index("+"):] if "+" in candidate else "")
+        if parent != candidate: return parent
+    return baseline if baseline != candidate else None
 
 # %% ../nbs/36_select.ipynb #95d62a2d
 def read_baselines(folder: str | Path | None,  # a `baselines/` folder written by `fit_baselines`; None: none
