@@ -28,6 +28,7 @@ __all__ = ['KINDS', 'LEDGER_SCHEMA', 'VERSIONS_SCHEMA', 'TRENDS_SCHEMA', 'Prices
 @dataclass(frozen=True)
 class Prices:
     "What compute costs, in USD; every cost figure names the prices it used."
+
     per_core_hour: float = 0.05  # one CPU core for an hour
     per_gpu_hour: float = 2.50  # one GPU for an hour
 
@@ -41,34 +42,64 @@ class Prices:
         "The cost of `cpu_s` core-seconds and `gpu_s` GPU-seconds."
         return cpu_s / 3600 * self.per_core_hour + gpu_s / 3600 * self.per_gpu_hour
 
-    def as_dict(self) -> dict: return asdict(self)
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 # %% ../nbs/48_ledger.ipynb #0bcb52e5
-def load_prices(path: str | Path | None = None,  # a YAML file; default `<workspace>/prices.yaml`
-               ) -> Prices:
+def load_prices(
+    path: str | Path | None = None,  # a YAML file; default `<workspace>/prices.yaml`
+) -> Prices:
     "The user's prices (`per_core_hour`, `per_gpu_hour` in USD), else the defaults."
     f = Path(path) if path else workspace(create=False) / "prices.yaml"
-    if not f.is_file(): return Prices()
-    try: raw = yaml.safe_load(f.read_text()) or {}
-    except yaml.YAMLError as e: raise ValueError(f"{f}: not YAML: {e}") from None
-    if not isinstance(raw, dict): raise ValueError(f"{f}: expected a mapping with per_core_hour and per_gpu_hour (USD)")
+    if not f.is_file():
+        return Prices()
+    try:
+        raw = yaml.safe_load(f.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{f}: not YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{f}: expected a mapping with per_core_hour and per_gpu_hour (USD)")
     unknown = sorted(set(raw) - {"per_core_hour", "per_gpu_hour"})
-    if unknown: raise ValueError(f"{f}: unknown keys {unknown}; it takes per_core_hour and per_gpu_hour (USD)")
-    try: return Prices(**raw)
-    except ValueError as e: raise ValueError(f"{f}: {e}") from None
+    if unknown:
+        raise ValueError(f"{f}: unknown keys {unknown}; it takes per_core_hour and per_gpu_hour (USD)")
+    try:
+        return Prices(**raw)
+    except ValueError as e:
+        raise ValueError(f"{f}: {e}") from None
 
 # %% ../nbs/48_ledger.ipynb #ed892cce
-KINDS = {"prepare": "data", "train": "training", "retrain": "training", "evaluate": "evaluation", "score": "scoring",
-         "monitor": "monitoring", "govern": "governance", "report": "reporting", "publish": "reporting"}
+KINDS = {
+    "prepare": "data",
+    "train": "training",
+    "retrain": "training",
+    "evaluate": "evaluation",
+    "score": "scoring",
+    "monitor": "monitoring",
+    "govern": "governance",
+    "report": "reporting",
+    "publish": "reporting",
+}
 
-LEDGER_SCHEMA = {"ts": pl.Datetime("us", "UTC"), "day": pl.Date, "kind": pl.String, "source": pl.String,
-                 "pipeline": pl.String, "run_id": pl.String, "step": pl.String, "model_name": pl.String,
-                 "model_version": pl.String, "texts": pl.Int64, "cpu_s": pl.Float64, "gpu_s": pl.Float64,
-                 "usd": pl.Float64}
+LEDGER_SCHEMA = {
+    "ts": pl.Datetime("us", "UTC"),
+    "day": pl.Date,
+    "kind": pl.String,
+    "source": pl.String,
+    "pipeline": pl.String,
+    "run_id": pl.String,
+    "step": pl.String,
+    "model_name": pl.String,
+    "model_version": pl.String,
+    "texts": pl.Int64,
+    "cpu_s": pl.Float64,
+    "gpu_s": pl.Float64,
+    "usd": pl.Float64,
+}
 
 # %% ../nbs/48_ledger.ipynb #f0d4f296
-def step_model(outputs: dict,  # what a step recorded
-              ) -> tuple[str, str] | None:  # (model name, version)
+def step_model(
+    outputs: dict,  # what a step recorded
+) -> tuple[str, str] | None:  # (model name, version)
     "The model version a step's outputs name (`model_name` and `model_version`, or a pinned `model_uri`)."
     if outputs.get("model_name") and outputs.get("model_version"):
         return str(outputs["model_name"]), str(outputs["model_version"])
@@ -76,11 +107,13 @@ def step_model(outputs: dict,  # what a step recorded
     return (m[1], m[2]) if m else None
 
 # %% ../nbs/48_ledger.ipynb #fd9f2154
-def job_costs(runs: list[dict] | None = None,  # pipeline run records; default every run in the workspace
-              prices: Prices | None = None,  # default `load_prices()`
-             ) -> pl.DataFrame:  # LEDGER_SCHEMA, one row per measured attempt
+def job_costs(
+    runs: list[dict] | None = None,  # pipeline run records; default every run in the workspace
+    prices: Prices | None = None,  # default `load_prices()`
+) -> pl.DataFrame:  # LEDGER_SCHEMA, one row per measured attempt
     "The cost of every measured job attempt: when, what kind of work, for which model version, CPU and GPU seconds."
     from workbench.jobs import list_runs
+
     runs = list_runs() if runs is None else runs
     prices = prices or load_prices()
     rows = []
@@ -90,61 +123,103 @@ def job_costs(runs: list[dict] | None = None,  # pipeline run records; default e
         for s in r["steps"]:
             name, version = step_model(s.get("outputs") or {}) or registered
             for a in s["attempts"]:
-                if a.get("cpu_s") is None: continue  # recorded before costs were measured, or killed mid-step
+                if a.get("cpu_s") is None:
+                    continue  # recorded before costs were measured, or killed mid-step
                 ts = dt.datetime.fromisoformat(a["started"])
                 gpu = float(a.get("gpu_s") or 0.0)
                 texts = (s.get("outputs") or {}).get("rows_scored") if a["status"] == "succeeded" else None
-                rows.append({"ts": ts, "day": ts.date(), "kind": KINDS.get(s["job"], s["job"]), "source": f"job {s['job']}",
-                             "pipeline": r["pipeline"], "run_id": r["run_id"], "step": s["id"], "model_name": name,
-                             "model_version": version, "texts": texts, "cpu_s": float(a["cpu_s"]), "gpu_s": gpu,
-                             "usd": prices.usd(float(a["cpu_s"]), gpu)})
+                rows.append(
+                    {
+                        "ts": ts,
+                        "day": ts.date(),
+                        "kind": KINDS.get(s["job"], s["job"]),
+                        "source": f"job {s['job']}",
+                        "pipeline": r["pipeline"],
+                        "run_id": r["run_id"],
+                        "step": s["id"],
+                        "model_name": name,
+                        "model_version": version,
+                        "texts": texts,
+                        "cpu_s": float(a["cpu_s"]),
+                        "gpu_s": gpu,
+                        "usd": prices.usd(float(a["cpu_s"]), gpu),
+                    }
+                )
     return pl.DataFrame(rows, schema=LEDGER_SCHEMA)
 
 # %% ../nbs/48_ledger.ipynb #8bfe2175
-def serving_costs(log: pl.LazyFrame | pl.DataFrame | None = None,  # the inference log; default the workspace's
-                  prices: Prices | None = None,  # default `load_prices()`
-                 ) -> pl.DataFrame:  # LEDGER_SCHEMA, one row per day and served model version
+def serving_costs(
+    log: pl.LazyFrame | pl.DataFrame | None = None,  # the inference log; default the workspace's
+    prices: Prices | None = None,  # default `load_prices()`
+) -> pl.DataFrame:  # LEDGER_SCHEMA, one row per day and served model version
     "The served texts per day and model version, with the CPU seconds the server spent on them and their cost."
     from workbench.serve import read_inference_log
+
     lf = (read_inference_log() if log is None else log).lazy()
     prices = prices or load_prices()
     names = set(lf.collect_schema().names())
-    if not {"ts", "model_name", "model_version"} <= names: return pl.DataFrame(schema=LEDGER_SCHEMA)
+    if not {"ts", "model_name", "model_version"} <= names:
+        return pl.DataFrame(schema=LEDGER_SCHEMA)
     cpu = pl.col("cpu_ms") if "cpu_ms" in names else pl.lit(None, pl.Float64)  # logs written before it was measured
-    g = (lf.with_columns(cpu_ms=cpu).group_by(day=pl.col("ts").dt.date(), model_name="model_name", model_version="model_version")
-           .agg(ts=pl.col("ts").min(), texts=pl.len(), cpu_s=pl.col("cpu_ms").sum() / 1e3, measured=pl.col("cpu_ms").count())
-           .collect())
+    g = (
+        lf.with_columns(cpu_ms=cpu)
+        .group_by(day=pl.col("ts").dt.date(), model_name="model_name", model_version="model_version")
+        .agg(
+            ts=pl.col("ts").min(), texts=pl.len(), cpu_s=pl.col("cpu_ms").sum() / 1e3, measured=pl.col("cpu_ms").count()
+        )
+        .collect()
+    )
     g = g.with_columns(cpu_s=pl.when(pl.col("measured") > 0).then("cpu_s"))
-    return g.with_columns(kind=pl.lit("serving"), source=pl.lit("inference log"), pipeline=pl.lit(None, pl.String),
-                          run_id=pl.lit(None, pl.String), step=pl.lit(None, pl.String), gpu_s=pl.lit(0.0),
-                          usd=pl.col("cpu_s") / 3600 * prices.per_core_hour).select(
-                              [pl.col(k).cast(v) for k, v in LEDGER_SCHEMA.items()]).sort("ts")
+    return (
+        g.with_columns(
+            kind=pl.lit("serving"),
+            source=pl.lit("inference log"),
+            pipeline=pl.lit(None, pl.String),
+            run_id=pl.lit(None, pl.String),
+            step=pl.lit(None, pl.String),
+            gpu_s=pl.lit(0.0),
+            usd=pl.col("cpu_s") / 3600 * prices.per_core_hour,
+        )
+        .select([pl.col(k).cast(v) for k, v in LEDGER_SCHEMA.items()])
+        .sort("ts")
+    )
 
 # %% ../nbs/48_ledger.ipynb #3147262b
-def cost_ledger(runs: list[dict] | None = None,  # pipeline run records; default the workspace's
-                log: pl.LazyFrame | pl.DataFrame | None = None,  # the inference log; default the workspace's
-                prices: Prices | None = None,  # default `load_prices()`
-               ) -> pl.DataFrame:  # LEDGER_SCHEMA, oldest first
+def cost_ledger(
+    runs: list[dict] | None = None,  # pipeline run records; default the workspace's
+    log: pl.LazyFrame | pl.DataFrame | None = None,  # the inference log; default the workspace's
+    prices: Prices | None = None,  # default `load_prices()`
+) -> pl.DataFrame:  # LEDGER_SCHEMA, oldest first
     "Every measured cost: job attempts and served texts, at one set of prices."
     prices = prices or load_prices()
     return pl.concat([job_costs(runs, prices), serving_costs(log, prices)]).sort("ts")
 
 # %% ../nbs/48_ledger.ipynb #e4c73e26
-def version_costs(ledger: pl.DataFrame,  # from `cost_ledger`
-                 ) -> pl.DataFrame:  # model_name, model_version, kind, entries, texts, cpu_s, gpu_s, usd
+def version_costs(
+    ledger: pl.DataFrame,  # from `cost_ledger`
+) -> pl.DataFrame:  # model_name, model_version, kind, entries, texts, cpu_s, gpu_s, usd
     "What each model version has cost so far, per kind of work (training, evaluation, scoring, serving...)."
-    return (ledger.group_by("model_name", "model_version", "kind")
-                  .agg(entries=pl.len(), texts=pl.col("texts").sum(), cpu_s=pl.col("cpu_s").sum(),
-                       gpu_s=pl.col("gpu_s").sum(), usd=pl.col("usd").sum())
-                  .sort("model_name", "model_version", "usd", descending=[False, False, True]))
+    return (
+        ledger.group_by("model_name", "model_version", "kind")
+        .agg(
+            entries=pl.len(),
+            texts=pl.col("texts").sum(),
+            cpu_s=pl.col("cpu_s").sum(),
+            gpu_s=pl.col("gpu_s").sum(),
+            usd=pl.col("usd").sum(),
+        )
+        .sort("model_name", "model_version", "usd", descending=[False, False, True])
+    )
 
 # %% ../nbs/48_ledger.ipynb #0dcfe7e7
-def runs_per_month(cron: str,  # cron fields, as in pipelines.yaml
-                   timezone: str = "UTC",
-                   start: dt.datetime | None = None,  # default now
-                  ) -> int:  # runs in the 30 days from `start`
+def runs_per_month(
+    cron: str,  # cron fields, as in pipelines.yaml
+    timezone: str = "UTC",
+    start: dt.datetime | None = None,  # default now
+) -> int:  # runs in the 30 days from `start`
     "How often a schedule fires in 30 days."
     from workbench.jobs import Schedule
+
     trig = Schedule("count", "none", cron, timezone=timezone).trigger()
     t = start or dt.datetime.now(dt.timezone.utc)
     end, n, last = t + dt.timedelta(days=30), 0, None
@@ -154,93 +229,139 @@ def runs_per_month(cron: str,  # cron fields, as in pipelines.yaml
     return n
 
 # %% ../nbs/48_ledger.ipynb #7d82dfa6
-def monthly_cost(ledger: pl.DataFrame,  # from `cost_ledger`
-                 monthly_volume: int,  # texts a month
-                 cpu_s_per_text: float | None = None,  # measured elsewhere (the evaluate job); the log's wins when it has it
-                 schedules: dict | None = None,  # from `workbench.jobs.load_pipelines`; default none
-                 prices: Prices | None = None,  # default `load_prices()`
-                 model: tuple[str, str] | None = None,  # (name, version) whose served texts give the CPU per text
-                ) -> dict:  # usd, items (what, usd, how), prices
+def monthly_cost(
+    ledger: pl.DataFrame,  # from `cost_ledger`
+    monthly_volume: int,  # texts a month
+    cpu_s_per_text: float | None = None,  # measured elsewhere (the evaluate job); the log's wins when it has it
+    schedules: dict | None = None,  # from `workbench.jobs.load_pipelines`; default none
+    prices: Prices | None = None,  # default `load_prices()`
+    model: tuple[str, str] | None = None,  # (name, version) whose served texts give the CPU per text
+) -> dict:  # usd, items (what, usd, how), prices
     "The monthly run-rate: serving at the volume and the scheduled pipelines, each line with its arithmetic."
     prices = prices or load_prices()
     served = ledger.filter((pl.col("kind") == "serving") & pl.col("cpu_s").is_not_null())
-    if model: served = served.filter((pl.col("model_name") == model[0]) & (pl.col("model_version") == model[1]))
+    if model:
+        served = served.filter((pl.col("model_name") == model[0]) & (pl.col("model_version") == model[1]))
     items = []
     if served.height and served["texts"].sum():
-        per_text, where = served["cpu_s"].sum() / served["texts"].sum(), f"measured on {served['texts'].sum():,} served texts"
-    else: per_text, where = cpu_s_per_text, "measured by the evaluate job, one text at a time"
-    if per_text is None: items.append({"what": "serving", "usd": None, "how": "CPU per text not measured yet"})
+        per_text, where = (
+            served["cpu_s"].sum() / served["texts"].sum(),
+            f"measured on {served['texts'].sum():,} served texts",
+        )
+    else:
+        per_text, where = cpu_s_per_text, "measured by the evaluate job, one text at a time"
+    if per_text is None:
+        items.append({"what": "serving", "usd": None, "how": "CPU per text not measured yet"})
     else:
         usd = prices.usd(per_text * monthly_volume)
-        items.append({"what": "serving", "usd": usd, "how": f"{monthly_volume:,} texts x {per_text * 1e3:.2f} CPU-ms per text "
-                      f"({where}) at {prices.per_core_hour} USD per core-hour"})
+        items.append(
+            {
+                "what": "serving",
+                "usd": usd,
+                "how": f"{monthly_volume:,} texts x {per_text * 1e3:.2f} CPU-ms per text "
+                f"({where}) at {prices.per_core_hour} USD per core-hour",
+            }
+        )
     runs = ledger.filter(pl.col("run_id").is_not_null()).group_by("pipeline", "run_id").agg(pl.col("usd").sum())
     for name, s in (schedules or {}).items():
         n = runs_per_month(s.cron, s.timezone)
         seen = runs.filter(pl.col("pipeline") == s.pipeline)["usd"]
-        if not seen.len(): items.append({"what": f"schedule {name}", "usd": None, "how": f"{n} runs a month of pipeline "
-                                         f"{s.pipeline}; no measured run yet"}); continue
+        if not seen.len():
+            items.append(
+                {
+                    "what": f"schedule {name}",
+                    "usd": None,
+                    "how": f"{n} runs a month of pipeline {s.pipeline}; no measured run yet",
+                }
+            )
+            continue
         per_run = float(seen.median())
-        items.append({"what": f"schedule {name}", "usd": n * per_run, "how": f"{n} runs a month x {per_run:.4f} USD "
-                      f"(median of {seen.len()} measured {s.pipeline} runs)"})
-    return {"usd": sum(i["usd"] for i in items if i["usd"] is not None), "items": items, "prices": prices.as_dict(),
-            "complete": all(i["usd"] is not None for i in items)}
+        items.append(
+            {
+                "what": f"schedule {name}",
+                "usd": n * per_run,
+                "how": f"{n} runs a month x {per_run:.4f} USD (median of {seen.len()} measured {s.pipeline} runs)",
+            }
+        )
+    return {
+        "usd": sum(i["usd"] for i in items if i["usd"] is not None),
+        "items": items,
+        "prices": prices.as_dict(),
+        "complete": all(i["usd"] is not None for i in items),
+    }
 
 # %% ../nbs/48_ledger.ipynb #e9cd6e78
-def folder_name(name: str,  # a registered model's name: any text MLflow accepts
-               ) -> str:  # one path component
+def folder_name(
+    name: str,  # a registered model's name: any text MLflow accepts
+) -> str:  # one path component
     "A model's name as a folder name: itself when it is plain (letters, digits, `_.-`), else made plain and suffixed by its hash."
     import hashlib
-    if re.fullmatch(r"[\w.-]+", name) and set(name) != {"."}: return name
+
+    if re.fullmatch(r"[\w.-]+", name) and set(name) != {"."}:
+        return name
     plain = re.sub(r"[^\w.-]+", "_", name).strip("._")[:60] or "model"
     return f"{plain}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 # %% ../nbs/48_ledger.ipynb #eaef8046
-def evidence_dir(name: str,  # registered model name
-                 version: str | int,
-                ) -> Path:
+def evidence_dir(
+    name: str,  # registered model name
+    version: str | int,
+) -> Path:
     "Where a version's held-out evidence lives: `<workspace>/evidence/<folder_name(name)>/v<version>`."
     return workspace("evidence", create=False) / folder_name(name) / f"v{version}"
 
 # %% ../nbs/48_ledger.ipynb #f79649cc
-def write_evidence(name: str,  # registered model name
-                   version: str | int,
-                   labels: list[str],  # the model's labels, in the order of `proba`'s columns
-                   y_true: list[str],  # the test rows' labels
-                   proba: np.ndarray,  # the served candidate's test probabilities
-                   candidates: pl.DataFrame,  # every candidate's test report (`evaluate_candidates`'s `report`)
-                  ) -> Path:  # the evidence folder
+def write_evidence(
+    name: str,  # registered model name
+    version: str | int,
+    labels: list[str],  # the model's labels, in the order of `proba`'s columns
+    y_true: list[str],  # the test rows' labels
+    proba: np.ndarray,  # the served candidate's test probabilities
+    candidates: pl.DataFrame,  # every candidate's test report (`evaluate_candidates`'s `report`)
+) -> Path:  # the evidence folder
     "Keep a version's held-out predictions (label, prediction, confidence) and its candidates' report."
     proba = np.asarray(proba)
-    if proba.shape != (len(y_true), len(labels)): raise ValueError(f"proba {proba.shape} for {len(y_true)} rows, {len(labels)} labels")
+    if proba.shape != (len(y_true), len(labels)):
+        raise ValueError(f"proba {proba.shape} for {len(y_true)} rows, {len(labels)} labels")
     d = evidence_dir(name, version)
     d.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame({"label": y_true, "prediction": np.asarray(labels)[proba.argmax(1)],
-                  "confidence": proba.max(1).astype(float)}).write_parquet(d / "heldout.parquet")
+    pl.DataFrame(
+        {"label": y_true, "prediction": np.asarray(labels)[proba.argmax(1)], "confidence": proba.max(1).astype(float)}
+    ).write_parquet(d / "heldout.parquet")
     candidates.write_parquet(d / "candidates.parquet")
     return d
 
 # %% ../nbs/48_ledger.ipynb #14cace51
-def read_evidence(name: str, version: str | int,
-                 ) -> dict | None:  # heldout, candidates; None when the version has none
+def read_evidence(
+    name: str,
+    version: str | int,
+) -> dict | None:  # heldout, candidates; None when the version has none
     "A version's held-out predictions and candidates' report (`write_evidence`)."
     d = evidence_dir(name, version)
-    if not (d / "heldout.parquet").is_file(): return None
+    if not (d / "heldout.parquet").is_file():
+        return None
     cand = d / "candidates.parquet"
-    return {"heldout": pl.read_parquet(d / "heldout.parquet"),
-            "candidates": pl.read_parquet(cand) if cand.is_file() else None}
+    return {
+        "heldout": pl.read_parquet(d / "heldout.parquet"),
+        "candidates": pl.read_parquet(cand) if cand.is_file() else None,
+    }
 
 # %% ../nbs/48_ledger.ipynb #d8a3dbfa
-def macro_f1_noise(y_true: list[str],  # the test rows' labels
-                   y_pred: list[str],  # the predictions
-                   reps: int = 200,  # bootstrap resamples
-                  ) -> float:  # the bootstrap standard deviation of macro-F1
+def macro_f1_noise(
+    y_true: list[str],  # the test rows' labels
+    y_pred: list[str],  # the predictions
+    reps: int = 200,  # bootstrap resamples
+) -> float:  # the bootstrap standard deviation of macro-F1
     "How much the test macro-F1 would move on another test set of the same size (rows resampled with replacement)."
     from sklearn.metrics import f1_score
     from workbench.monitor import bootstrap_se
+
     labels = sorted(set(y_true) | set(y_pred))
-    return bootstrap_se(lambda w: f1_score(y_true, y_pred, labels=labels, average="macro", sample_weight=w, zero_division=0),
-                        len(y_true), reps)
+    return bootstrap_se(
+        lambda w: f1_score(y_true, y_pred, labels=labels, average="macro", sample_weight=w, zero_division=0),
+        len(y_true),
+        reps,
+    )
 
 # %% ../nbs/48_ledger.ipynb #f008f17c
 def _served_as(tags: dict) -> str | None:
@@ -249,18 +370,41 @@ def _served_as(tags: dict) -> str | None:
     return b if v == "baseline" else f"{v}+{b}" if v and b != "none" else v
 
 # %% ../nbs/48_ledger.ipynb #0b03f5a1
-VERSIONS_SCHEMA = {"name": pl.String, "version": pl.Int64, "aliases": pl.String, "variant": pl.String,
-                   "created": pl.Datetime("ms", "UTC"), "macro_f1": pl.Float64, "delta_macro_f1": pl.Float64,
-                   "p50_ms": pl.Float64, "p95_ms": pl.Float64, "cpu_p95_ms": pl.Float64, "samples_per_s": pl.Float64,
-                   "usd_per_million": pl.Float64, "cpu_s_per_million": pl.Float64, "size_mb": pl.Float64,
-                   "gate": pl.String, "gate_reasons": pl.String, "training_run_id": pl.String, "run_id": pl.String,
-                   "dataset_fingerprint": pl.String, "git_commit": pl.String, "baseline": pl.String,
-                   "baseline_macro_f1": pl.Float64, "lift": pl.Float64, "lift_sd": pl.Float64,
-                   "automation_rate": pl.Float64, "net_usd_month": pl.Float64, "value_assumptions": pl.String}
+VERSIONS_SCHEMA = {
+    "name": pl.String,
+    "version": pl.Int64,
+    "aliases": pl.String,
+    "variant": pl.String,
+    "created": pl.Datetime("ms", "UTC"),
+    "macro_f1": pl.Float64,
+    "delta_macro_f1": pl.Float64,
+    "p50_ms": pl.Float64,
+    "p95_ms": pl.Float64,
+    "cpu_p95_ms": pl.Float64,
+    "samples_per_s": pl.Float64,
+    "usd_per_million": pl.Float64,
+    "cpu_s_per_million": pl.Float64,
+    "size_mb": pl.Float64,
+    "gate": pl.String,
+    "gate_reasons": pl.String,
+    "training_run_id": pl.String,
+    "run_id": pl.String,
+    "dataset_fingerprint": pl.String,
+    "git_commit": pl.String,
+    "baseline": pl.String,
+    "baseline_macro_f1": pl.Float64,
+    "lift": pl.Float64,
+    "lift_sd": pl.Float64,
+    "automation_rate": pl.Float64,
+    "net_usd_month": pl.Float64,
+    "value_assumptions": pl.String,
+}
+
 
 def model_versions() -> pl.DataFrame:  # VERSIONS_SCHEMA, by name, newest version first
     "Every registered model version with its numbers (empty when there is no registry yet)."
     from workbench.registry import _client
+
     try:
         c = _client()
         versions = c.search_model_versions()
@@ -268,59 +412,135 @@ def model_versions() -> pl.DataFrame:  # VERSIONS_SCHEMA, by name, newest versio
         for name in {v.name for v in versions}:
             for alias, ver in (c.get_registered_model(name).aliases or {}).items():
                 aliases.setdefault((name, str(ver)), []).append(alias)
-    except Exception: return pl.DataFrame(schema=VERSIONS_SCHEMA)  # no tracking database yet
+    except Exception:
+        return pl.DataFrame(schema=VERSIONS_SCHEMA)  # no tracking database yet
     num = lambda t, k: float(t[k]) if k in t else None
     floats = [k for k, v in VERSIONS_SCHEMA.items() if v == pl.Float64]
-    tag = {"gate": "gate.decision", "gate_reasons": "gate.reasons", "automation_rate": "value.automation_rate",
-           "net_usd_month": "value.net_usd", "value_assumptions": "value.assumptions"}
-    rows = [{"name": v.name, "version": int(v.version), "variant": _served_as(v.tags),
-             "aliases": ", ".join(sorted(aliases.get((v.name, str(v.version)), []))),
-             "created": dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.timezone.utc),
-             **{k: num(v.tags, tag.get(k, k)) for k in floats},
-             **{k: v.tags.get(tag.get(k, k)) for k in ("gate", "gate_reasons", "training_run_id", "run_id",
-                                                      "dataset_fingerprint", "git_commit", "baseline", "value_assumptions")}}
-            for v in versions]
+    tag = {
+        "gate": "gate.decision",
+        "gate_reasons": "gate.reasons",
+        "automation_rate": "value.automation_rate",
+        "net_usd_month": "value.net_usd",
+        "value_assumptions": "value.assumptions",
+    }
+    rows = [
+        {
+            "name": v.name,
+            "version": int(v.version),
+            "variant": _served_as(v.tags),
+            "aliases": ", ".join(sorted(aliases.get((v.name, str(v.version)), []))),
+            "created": dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.timezone.utc),
+            **{k: num(v.tags, tag.get(k, k)) for k in floats},
+            **{
+                k: v.tags.get(tag.get(k, k))
+                for k in (
+                    "gate",
+                    "gate_reasons",
+                    "training_run_id",
+                    "run_id",
+                    "dataset_fingerprint",
+                    "git_commit",
+                    "baseline",
+                    "value_assumptions",
+                )
+            },
+        }
+        for v in versions
+    ]
     return pl.DataFrame(rows, schema=VERSIONS_SCHEMA).sort("name", "version", descending=[False, True])
 
 # %% ../nbs/48_ledger.ipynb #75e13da7
-def frontier(df: pl.DataFrame,  # candidates: one row each
-             cost: str = "usd_per_million",  # lower is better
-             quality: str = "macro_f1",  # higher is better
-            ) -> pl.Series:  # True where no other row is at least as good on both and better on one
+def frontier(
+    df: pl.DataFrame,  # candidates: one row each
+    cost: str = "usd_per_million",  # lower is better
+    quality: str = "macro_f1",  # higher is better
+) -> pl.Series:  # True where no other row is at least as good on both and better on one
     "The accuracy-cost frontier: the rows nobody beats on both quality and cost."
     c, q = df[cost].to_numpy().astype(float), df[quality].to_numpy().astype(float)
     ok = np.isfinite(c) & np.isfinite(q)
-    beaten = [bool(ok[i]) and bool(np.any(ok & (c <= c[i]) & (q >= q[i]) & ((c < c[i]) | (q > q[i])))) for i in range(len(c))]
+    beaten = [
+        bool(ok[i]) and bool(np.any(ok & (c <= c[i]) & (q >= q[i]) & ((c < c[i]) | (q > q[i])))) for i in range(len(c))
+    ]
     return pl.Series("on_frontier", [bool(o) and not b for o, b in zip(ok, beaten)])
 
 # %% ../nbs/48_ledger.ipynb #38a3d802
-def compare_versions(name: str,  # registered model name
-                     versions: pl.DataFrame | None = None,  # from `model_versions`; default read now
-                    ) -> pl.DataFrame:  # one row per version and per baseline of the champion's evaluation
+def compare_versions(
+    name: str,  # registered model name
+    versions: pl.DataFrame | None = None,  # from `model_versions`; default read now
+) -> pl.DataFrame:  # one row per version and per baseline of the champion's evaluation
     "A model's versions and its champion's baselines side by side, with the quality's noise and the frontier."
     versions = (model_versions() if versions is None else versions).filter(pl.col("name") == name)
-    cols = ["what", "version", "aliases", "served", "macro_f1", "macro_f1_sd", "lift", "p95_ms", "usd_per_million",
-            "automation_rate", "net_usd_month", "gate", "gate_reasons", "created"]
+    cols = [
+        "what",
+        "version",
+        "aliases",
+        "served",
+        "macro_f1",
+        "macro_f1_sd",
+        "lift",
+        "p95_ms",
+        "usd_per_million",
+        "automation_rate",
+        "net_usd_month",
+        "gate",
+        "gate_reasons",
+        "created",
+    ]
     rows = []
     for v in versions.iter_rows(named=True):
         ev = read_evidence(name, v["version"])
         sd = macro_f1_noise(ev["heldout"]["label"].to_list(), ev["heldout"]["prediction"].to_list()) if ev else None
-        rows.append({"what": f"v{v['version']}" + (f" ({v['aliases']})" if v["aliases"] else ""), "version": v["version"],
-                     "aliases": v["aliases"], "served": v["variant"], "macro_f1": v["macro_f1"], "macro_f1_sd": sd,
-                     "lift": v["lift"], "p95_ms": v["p95_ms"], "usd_per_million": v["usd_per_million"],
-                     "automation_rate": v["automation_rate"], "net_usd_month": v["net_usd_month"], "gate": v["gate"],
-                     "gate_reasons": v["gate_reasons"], "created": v["created"]})
+        rows.append(
+            {
+                "what": f"v{v['version']}" + (f" ({v['aliases']})" if v["aliases"] else ""),
+                "version": v["version"],
+                "aliases": v["aliases"],
+                "served": v["variant"],
+                "macro_f1": v["macro_f1"],
+                "macro_f1_sd": sd,
+                "lift": v["lift"],
+                "p95_ms": v["p95_ms"],
+                "usd_per_million": v["usd_per_million"],
+                "automation_rate": v["automation_rate"],
+                "net_usd_month": v["net_usd_month"],
+                "gate": v["gate"],
+                "gate_reasons": v["gate_reasons"],
+                "created": v["created"],
+            }
+        )
     champ = versions.filter(pl.col("aliases").str.contains("champion"))
     ev = read_evidence(name, champ["version"][0]) if champ.height else None
     from workbench.baselines import BASELINES
-    cands = ev["candidates"] if ev and ev["candidates"] is not None else pl.DataFrame({"variant": []}, schema={"variant": pl.String})
+
+    cands = (
+        ev["candidates"]
+        if ev and ev["candidates"] is not None
+        else pl.DataFrame({"variant": []}, schema={"variant": pl.String})
+    )
     for b in cands.filter(pl.col("variant").is_in(list(BASELINES))).iter_rows(named=True):
-        rows.append({"what": f"{b['variant']} (baseline of v{champ['version'][0]})", "version": None, "aliases": "",
-                     "served": b["variant"], "macro_f1": b["macro_f1"], "macro_f1_sd": None, "lift": None,
-                     "p95_ms": b.get("p95_ms"), "usd_per_million": b.get("usd_per_million"), "automation_rate": None,
-                     "net_usd_month": None, "gate": "not registered", "gate_reasons": None, "created": None})
-    schema = {k: VERSIONS_SCHEMA.get(k, pl.String) for k in cols} | {"what": pl.String, "served": pl.String,
-                                                                     "macro_f1_sd": pl.Float64}
+        rows.append(
+            {
+                "what": f"{b['variant']} (baseline of v{champ['version'][0]})",
+                "version": None,
+                "aliases": "",
+                "served": b["variant"],
+                "macro_f1": b["macro_f1"],
+                "macro_f1_sd": None,
+                "lift": None,
+                "p95_ms": b.get("p95_ms"),
+                "usd_per_million": b.get("usd_per_million"),
+                "automation_rate": None,
+                "net_usd_month": None,
+                "gate": "not registered",
+                "gate_reasons": None,
+                "created": None,
+            }
+        )
+    schema = {k: VERSIONS_SCHEMA.get(k, pl.String) for k in cols} | {
+        "what": pl.String,
+        "served": pl.String,
+        "macro_f1_sd": pl.Float64,
+    }
     out = pl.DataFrame(rows, schema=schema)
     return out.with_columns(frontier(out)) if out.height else out.with_columns(on_frontier=pl.lit(False))
 
@@ -332,132 +552,225 @@ def _batches(name: str, runs: list[dict]) -> pl.DataFrame:
         for s in r["steps"]:
             out = s.get("outputs") or {}
             m = step_model(out)
-            if s["job"] != "score" or s["status"] != "succeeded" or not m or m[0] != name: continue
+            if s["job"] != "score" or s["status"] != "succeeded" or not m or m[0] != name:
+                continue
             f = Path(out.get("predictions") or "")
-            if not f.is_file(): continue
+            if not f.is_file():
+                continue
             ts = dt.datetime.fromisoformat(s["attempts"][-1]["started"])
             p = pl.scan_parquet(f).select("prediction", "confidence").drop_nulls("prediction").collect()
             frames.append(p.with_columns(ts=pl.lit(ts).cast(pl.Datetime("us", "UTC")), model_version=pl.lit(m[1])))
-    schema = {"prediction": pl.String, "confidence": pl.Float64, "ts": pl.Datetime("us", "UTC"), "model_version": pl.String}
+    schema = {
+        "prediction": pl.String,
+        "confidence": pl.Float64,
+        "ts": pl.Datetime("us", "UTC"),
+        "model_version": pl.String,
+    }
     return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame(schema=schema)
 
 # %% ../nbs/48_ledger.ipynb #ca9087f0
-TRENDS_SCHEMA = {"day": pl.Date, "texts": pl.Int64, "served": pl.Int64, "scored": pl.Int64, "p50_ms": pl.Float64,
-                 "p95_ms": pl.Float64, "mean_confidence": pl.Float64, "usd": pl.Float64, "status": pl.String,
-                 "estimated_macro_f1": pl.Float64, "realized_macro_f1": pl.Float64, "versions": pl.String}
+TRENDS_SCHEMA = {
+    "day": pl.Date,
+    "texts": pl.Int64,
+    "served": pl.Int64,
+    "scored": pl.Int64,
+    "p50_ms": pl.Float64,
+    "p95_ms": pl.Float64,
+    "mean_confidence": pl.Float64,
+    "usd": pl.Float64,
+    "status": pl.String,
+    "estimated_macro_f1": pl.Float64,
+    "realized_macro_f1": pl.Float64,
+    "versions": pl.String,
+}
 
-def daily_trends(name: str,  # registered model name
-                 days: int = 90,  # the last N days
-                 runs: list[dict] | None = None,  # pipeline run records; default the workspace's
-                 log: pl.LazyFrame | pl.DataFrame | None = None,  # the inference log; default the workspace's
-                 prices: Prices | None = None,
-                ) -> dict[str, pl.DataFrame]:  # daily (TRENDS_SCHEMA), labels (day, label, share), changes (at, version)
+
+def daily_trends(
+    name: str,  # registered model name
+    days: int = 90,  # the last N days
+    runs: list[dict] | None = None,  # pipeline run records; default the workspace's
+    log: pl.LazyFrame | pl.DataFrame | None = None,  # the inference log; default the workspace's
+    prices: Prices | None = None,
+) -> dict[str, pl.DataFrame]:  # daily (TRENDS_SCHEMA), labels (day, label, share), changes (at, version)
     "A model day by day: volume, latency, cost, confidence, label mix, drift status, estimated and realized quality."
     from workbench.jobs import list_runs
     from workbench.monitor import monitoring_history
     from workbench.serve import read_inference_log
+
     runs = list_runs() if runs is None else runs
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
-    lf = (read_inference_log(since=since) if log is None else log.lazy().filter(pl.col("ts") >= since))
+    lf = read_inference_log(since=since) if log is None else log.lazy().filter(pl.col("ts") >= since)
     names = set(lf.collect_schema().names())
-    served = (lf.filter(pl.col("model_name") == name).select("ts", "model_version", "prediction", "confidence", "latency_ms",
-                                                            "request_id").collect()
-              if {"model_name", "prediction", "confidence", "latency_ms", "request_id"} <= names else
-              pl.DataFrame(schema={"ts": pl.Datetime("us", "UTC"), "model_version": pl.String, "prediction": pl.String,
-                                   "confidence": pl.Float64, "latency_ms": pl.Float64, "request_id": pl.String}))
+    served = (
+        lf.filter(pl.col("model_name") == name)
+        .select("ts", "model_version", "prediction", "confidence", "latency_ms", "request_id")
+        .collect()
+        if {"model_name", "prediction", "confidence", "latency_ms", "request_id"} <= names
+        else pl.DataFrame(
+            schema={
+                "ts": pl.Datetime("us", "UTC"),
+                "model_version": pl.String,
+                "prediction": pl.String,
+                "confidence": pl.Float64,
+                "latency_ms": pl.Float64,
+                "request_id": pl.String,
+            }
+        )
+    )
     batch = _batches(name, runs).filter(pl.col("ts") >= since)
-    both = pl.concat([served.select("ts", "model_version", "prediction", "confidence").with_columns(src=pl.lit("served")),
-                      batch.select("ts", "model_version", "prediction", "confidence").with_columns(src=pl.lit("scored"))])
+    both = pl.concat(
+        [
+            served.select("ts", "model_version", "prediction", "confidence").with_columns(src=pl.lit("served")),
+            batch.select("ts", "model_version", "prediction", "confidence").with_columns(src=pl.lit("scored")),
+        ]
+    )
     both = both.with_columns(day=pl.col("ts").dt.date())
-    vol = both.group_by("day").agg(texts=pl.len(), served=(pl.col("src") == "served").sum(),
-                                   scored=(pl.col("src") == "scored").sum(), mean_confidence=pl.col("confidence").mean(),
-                                   versions=pl.col("model_version").unique().sort().str.join(","))
-    lat = (served.unique("request_id").group_by(day=pl.col("ts").dt.date())
-                 .agg(p50_ms=pl.col("latency_ms").quantile(0.5), p95_ms=pl.col("latency_ms").quantile(0.95)))
+    vol = both.group_by("day").agg(
+        texts=pl.len(),
+        served=(pl.col("src") == "served").sum(),
+        scored=(pl.col("src") == "scored").sum(),
+        mean_confidence=pl.col("confidence").mean(),
+        versions=pl.col("model_version").unique().sort().str.join(","),
+    )
+    lat = (
+        served.unique("request_id")
+        .group_by(day=pl.col("ts").dt.date())
+        .agg(p50_ms=pl.col("latency_ms").quantile(0.5), p95_ms=pl.col("latency_ms").quantile(0.95))
+    )
     ledger = cost_ledger(runs, lf, prices)
-    cost = ledger.filter((pl.col("model_name") == name) & (pl.col("ts") >= since)).group_by("day").agg(usd=pl.col("usd").sum())
+    cost = (
+        ledger.filter((pl.col("model_name") == name) & (pl.col("ts") >= since))
+        .group_by("day")
+        .agg(usd=pl.col("usd").sum())
+    )
     mon = monitoring_history(name)["runs"].filter(pl.col("created") >= since).sort("created")
     order = {"ok": 0, "insufficient": 1, "warn": 2, "alert": 3, "error": 4}
-    health = (mon.with_columns(day=pl.col("created").dt.date(), rank=pl.col("status").replace_strict(order, default=1))
-                 .group_by("day").agg(status=pl.col("status").sort_by("rank").last(),
-                                      estimated_macro_f1=pl.col("estimated_macro_f1").last(),
-                                      realized_macro_f1=pl.col("realized_macro_f1").last()))
+    health = (
+        mon.with_columns(day=pl.col("created").dt.date(), rank=pl.col("status").replace_strict(order, default=1))
+        .group_by("day")
+        .agg(
+            status=pl.col("status").sort_by("rank").last(),
+            estimated_macro_f1=pl.col("estimated_macro_f1").last(),
+            realized_macro_f1=pl.col("realized_macro_f1").last(),
+        )
+    )
     daily = pl.DataFrame(schema=TRENDS_SCHEMA)
     keys = pl.concat([f.select("day") for f in (vol, cost, health)]).unique()
     if keys.height:
-        daily = (keys.join(vol, on="day", how="left").join(lat, on="day", how="left").join(cost, on="day", how="left")
-                     .join(health, on="day", how="left").with_columns(pl.col("texts", "served", "scored").fill_null(0))
-                     .select([pl.col(k).cast(v) for k, v in TRENDS_SCHEMA.items()]).sort("day"))
-    labels = (both.group_by("day", "prediction").agg(n=pl.len())
-                  .with_columns(share=pl.col("n") / pl.col("n").sum().over("day")).rename({"prediction": "label"})
-                  .select("day", "label", "share").sort("day", "label"))
+        daily = (
+            keys.join(vol, on="day", how="left")
+            .join(lat, on="day", how="left")
+            .join(cost, on="day", how="left")
+            .join(health, on="day", how="left")
+            .with_columns(pl.col("texts", "served", "scored").fill_null(0))
+            .select([pl.col(k).cast(v) for k, v in TRENDS_SCHEMA.items()])
+            .sort("day")
+        )
+    labels = (
+        both.group_by("day", "prediction")
+        .agg(n=pl.len())
+        .with_columns(share=pl.col("n") / pl.col("n").sum().over("day"))
+        .rename({"prediction": "label"})
+        .select("day", "label", "share")
+        .sort("day", "label")
+    )
     return {"daily": daily, "labels": labels, "changes": champion_changes(name).filter(pl.col("at") >= since)}
 
 # %% ../nbs/48_ledger.ipynb #5cd4428b
-def champion_changes(name: str,  # registered model name
-                    ) -> pl.DataFrame:  # at, version, decision
+def champion_changes(
+    name: str,  # registered model name
+) -> pl.DataFrame:  # at, version, decision
     "When the champion alias moved: the gate's promotions of `name`, oldest first."
     from workbench.registry import audit_trail
+
     schema = {"at": pl.Datetime("us", "UTC"), "version": pl.String, "decision": pl.String}
-    try: trail = audit_trail(name)
-    except Exception: return pl.DataFrame(schema=schema)  # no such model yet
+    try:
+        trail = audit_trail(name)
+    except Exception:
+        return pl.DataFrame(schema=schema)  # no such model yet
     moved = trail.filter(pl.col("decision") != "refused")
-    return moved.select(at=pl.col("at").str.to_datetime(time_zone="UTC").cast(schema["at"]), version="version",
-                        decision="decision")
+    return moved.select(
+        at=pl.col("at").str.to_datetime(time_zone="UTC").cast(schema["at"]), version="version", decision="decision"
+    )
 
 # %% ../nbs/48_ledger.ipynb #d1ac4e18
-def kpi_sources(name: str,  # registered model name
-                version: str | int,
-                runs: list[dict] | None = None,  # pipeline run records; default the workspace's
-               ) -> dict[str, dict]:  # step kind (evaluate, monitor, govern, score) -> its evidence
+def kpi_sources(
+    name: str,  # registered model name
+    version: str | int,
+    runs: list[dict] | None = None,  # pipeline run records; default the workspace's
+) -> dict[str, dict]:  # step kind (evaluate, monitor, govern, score) -> its evidence
     "The latest pipeline step of each kind that measured something about `name` version `version`."
     from workbench.jobs import list_runs
+
     runs = list_runs() if runs is None else runs
     out = {}
     for r in runs:  # newest first
         for s in r["steps"]:
             out_ = s.get("outputs") or {}
-            if s["status"] != "succeeded" or step_model(out_) != (name, str(version)) or s["job"] in out: continue
+            if s["status"] != "succeeded" or step_model(out_) != (name, str(version)) or s["job"] in out:
+                continue
             a = s["attempts"][-1]
-            out[s["job"]] = {"run_id": r["run_id"], "step": s["id"], "notebook": s.get("notebook"),
-                             "step_folder": Path(s["notebook"]).parent.name if s.get("notebook") else None,
-                             "params": s.get("resolved") or s.get("params") or {}, "git_commit": r.get("git_commit"),
-                             "data_fingerprint": out_.get("data_fingerprint") or (out_.get("lineage_inputs") or {}).get("data"),
-                             "mlflow_run_id": a.get("mlflow_run_id"), "finished": r.get("finished")}
+            out[s["job"]] = {
+                "run_id": r["run_id"],
+                "step": s["id"],
+                "notebook": s.get("notebook"),
+                "step_folder": Path(s["notebook"]).parent.name if s.get("notebook") else None,
+                "params": s.get("resolved") or s.get("params") or {},
+                "git_commit": r.get("git_commit"),
+                "data_fingerprint": out_.get("data_fingerprint") or (out_.get("lineage_inputs") or {}).get("data"),
+                "mlflow_run_id": a.get("mlflow_run_id"),
+                "finished": r.get("finished"),
+            }
     return out
 
 # %% ../nbs/48_ledger.ipynb #f96d42ae
-def measured_volume(name: str,  # registered model name
-                    log: pl.LazyFrame | pl.DataFrame | None = None,  # the inference log; default the workspace's
-                    now: dt.datetime | None = None,
-                   ) -> dict | None:  # monthly (texts a month), texts, days; None when nothing was served in 30 days
+def measured_volume(
+    name: str,  # registered model name
+    log: pl.LazyFrame | pl.DataFrame | None = None,  # the inference log; default the workspace's
+    now: dt.datetime | None = None,
+) -> dict | None:  # monthly (texts a month), texts, days; None when nothing was served in 30 days
     "The monthly volume the server measured: texts served by `name` in the last 30 days, scaled to 30 days."
     from workbench.serve import read_inference_log
+
     now = now or dt.datetime.now(dt.timezone.utc)
-    lf = (read_inference_log(since=now - dt.timedelta(days=30)) if log is None else log.lazy())
-    if not {"ts", "model_name"} <= set(lf.collect_schema().names()): return None
-    s = lf.filter((pl.col("model_name") == name) & (pl.col("ts") >= now - dt.timedelta(days=30))).select(
-        n=pl.len(), first=pl.col("ts").min()).collect().row(0, named=True)
-    if not s["n"]: return None
-    days = min(30.0, max(1.0, (now - s["first"]).total_seconds() / 86400))  # at least a day: an hour's traffic is not a month's
+    lf = read_inference_log(since=now - dt.timedelta(days=30)) if log is None else log.lazy()
+    if not {"ts", "model_name"} <= set(lf.collect_schema().names()):
+        return None
+    s = (
+        lf.filter((pl.col("model_name") == name) & (pl.col("ts") >= now - dt.timedelta(days=30)))
+        .select(n=pl.len(), first=pl.col("ts").min())
+        .collect()
+        .row(0, named=True)
+    )
+    if not s["n"]:
+        return None
+    days = min(
+        30.0, max(1.0, (now - s["first"]).total_seconds() / 86400)
+    )  # at least a day: an hour's traffic is not a month's
     return {"monthly": round(s["n"] * 30 / days), "texts": s["n"], "days": days}
 
 # %% ../nbs/48_ledger.ipynb #bb8219e1
-def headline(name: str,  # registered model name
-             versions: pl.DataFrame | None = None,  # from `model_versions`; default read now
-             runs: list[dict] | None = None,  # pipeline run records; default the workspace's
-             log: pl.LazyFrame | pl.DataFrame | None = None,  # the inference log; default the workspace's
-             schedules: dict | None = None,  # default the pipelines file's
-             prices: Prices | None = None,  # default `load_prices()`
-            ) -> dict | None:  # None when `name` has no version
+def headline(
+    name: str,  # registered model name
+    versions: pl.DataFrame | None = None,  # from `model_versions`; default read now
+    runs: list[dict] | None = None,  # pipeline run records; default the workspace's
+    log: pl.LazyFrame | pl.DataFrame | None = None,  # the inference log; default the workspace's
+    schedules: dict | None = None,  # default the pipelines file's
+    prices: Prices | None = None,  # default `load_prices()`
+) -> dict | None:  # None when `name` has no version
     "The champion's figures: quality and noise, automation, monthly cost and net value, baseline and previous version."
     from workbench.value import ValueAssumptions, value_estimate
+
     vers = (model_versions() if versions is None else versions).filter(pl.col("name") == name).sort("version")
-    if not vers.height: return None
+    if not vers.height:
+        return None
     if schedules is None:
         from workbench.jobs import load_pipelines
-        try: schedules = load_pipelines()[1]
-        except (OSError, ValueError): schedules = {}
+
+        try:
+            schedules = load_pipelines()[1]
+        except (OSError, ValueError):
+            schedules = {}
     prices = prices or load_prices()
     champ_rows = vers.filter(pl.col("aliases").str.contains("champion"))
     c = (champ_rows if champ_rows.height else vers).row(-1, named=True)
@@ -472,58 +785,118 @@ def headline(name: str,  # registered model name
     if ev:
         h = ev["heldout"]
         right = (h["label"] == h["prediction"]).to_numpy()
-        worth = value_estimate(h["confidence"].to_numpy(), right, assume, usd_per_million=0.0,  # compute: the ledger's
-                               monthly_volume=volume if seen else None)
+        worth = value_estimate(
+            h["confidence"].to_numpy(),
+            right,
+            assume,
+            usd_per_million=0.0,  # compute: the ledger's
+            monthly_volume=volume if seen else None,
+        )
         sd = macro_f1_noise(h["label"].to_list(), h["prediction"].to_list())
     before = vers.filter(pl.col("version") < c["version"])
     prev = before.row(-1, named=True) if before.height else None
     net = worth["saved_usd"] - worth["error_usd"] - month["usd"] if worth else None
-    return {"name": name, "version": c["version"], "aliases": c["aliases"], "served": c["variant"], "gate": c["gate"],
-            "macro_f1": c["macro_f1"], "macro_f1_sd": sd, "p95_ms": c["p95_ms"], "usd_per_million": c["usd_per_million"],
-            "baseline": c["baseline"], "baseline_macro_f1": c["baseline_macro_f1"], "lift": c["lift"], "lift_sd": c["lift_sd"],
-            "automation_rate": worth["automation_rate"] if worth else c["automation_rate"], "value": worth,
-            "monthly_cost": month, "net_usd_month": net, "assumptions": asdict(assume), "prices": prices.as_dict(),
-            "monthly_volume": volume, "volume": f"measured: {seen['texts']:,} texts served in {seen['days']:.1f} days" if seen
-                                                else "assumed (the evaluate job's monthly_volume)",
-            "previous": None if prev is None else {k: prev[k] for k in ("version", "variant", "macro_f1", "p95_ms",
-                                                                         "usd_per_million", "gate", "automation_rate")},
-            "run_id": c["run_id"], "git_commit": c["git_commit"], "dataset_fingerprint": c["dataset_fingerprint"]}
+    return {
+        "name": name,
+        "version": c["version"],
+        "aliases": c["aliases"],
+        "served": c["variant"],
+        "gate": c["gate"],
+        "macro_f1": c["macro_f1"],
+        "macro_f1_sd": sd,
+        "p95_ms": c["p95_ms"],
+        "usd_per_million": c["usd_per_million"],
+        "baseline": c["baseline"],
+        "baseline_macro_f1": c["baseline_macro_f1"],
+        "lift": c["lift"],
+        "lift_sd": c["lift_sd"],
+        "automation_rate": worth["automation_rate"] if worth else c["automation_rate"],
+        "value": worth,
+        "monthly_cost": month,
+        "net_usd_month": net,
+        "assumptions": asdict(assume),
+        "prices": prices.as_dict(),
+        "monthly_volume": volume,
+        "volume": f"measured: {seen['texts']:,} texts served in {seen['days']:.1f} days"
+        if seen
+        else "assumed (the evaluate job's monthly_volume)",
+        "previous": None
+        if prev is None
+        else {
+            k: prev[k]
+            for k in ("version", "variant", "macro_f1", "p95_ms", "usd_per_million", "gate", "automation_rate")
+        },
+        "run_id": c["run_id"],
+        "git_commit": c["git_commit"],
+        "dataset_fingerprint": c["dataset_fingerprint"],
+    }
 
 # %% ../nbs/48_ledger.ipynb #a226efb3
-def headline_rows(top: dict,  # from `headline`
-                 ) -> pl.DataFrame:  # figure, value, how
+def headline_rows(
+    top: dict,  # from `headline`
+) -> pl.DataFrame:  # figure, value, how
     "The headline figures as a table, each with the arithmetic or the assumption behind it."
     a, month, prev = top["assumptions"], top["monthly_cost"], top["previous"]
     fmt = lambda v, f: "n/a" if v is None else format(v, f)
     noise = f" (bootstrap sd {top['macro_f1_sd'] * 100:.1f} points)" if top["macro_f1_sd"] is not None else ""
-    lift = (f"{top['lift'] * 100:+.2f} points over {top['baseline']} ({top['baseline_macro_f1']:.3f})"
-            if top["lift"] is not None else "no baseline recorded")
-    rows = [("champion", f"v{top['version']} ({top['served']})", f"gate: {top['gate']}"),
-            ("test macro-F1", fmt(top["macro_f1"], ".3f") + noise, "held-out test split of its dataset"),
-            ("lift over the best baseline", lift, f"test noise sd {fmt((top['lift_sd'] or 0) * 100, '.2f')} points"),
-            ("handled automatically", f"{(top['automation_rate'] or 0):.1%}",
-             f"at {a['target_precision']:.0%} precision (its lower 95% bound on the test split)"),
-            ("cost a month", f"{month['usd']:,.2f} USD", "; ".join(f"{i['what']}: {i['how']}" for i in month["items"])
-             + f"; {top['prices']['per_core_hour']} USD per core-hour, {top['prices']['per_gpu_hour']} per GPU-hour"),
-            ("net value a month", "n/a" if top["net_usd_month"] is None else f"{top['net_usd_month']:,.2f} USD",
-             f"{top['monthly_volume']:,} texts a month ({top['volume']}) x automation x {a['handling_cost']} USD saved, less {a['error_cost']} USD "
-             "per wrong automatic decision, less the cost a month (assumptions to be replaced by your own)"),
-            ("previous version", "none" if prev is None else f"v{prev['version']} ({prev['variant']}): macro-F1 "
-             f"{fmt(prev['macro_f1'], '.3f')}, {fmt(prev['usd_per_million'], '.3f')} USD per million",
-             "" if prev is None else f"gate: {prev['gate']}")]
+    lift = (
+        f"{top['lift'] * 100:+.2f} points over {top['baseline']} ({top['baseline_macro_f1']:.3f})"
+        if top["lift"] is not None
+        else "no baseline recorded"
+    )
+    rows = [
+        ("champion", f"v{top['version']} ({top['served']})", f"gate: {top['gate']}"),
+        ("test macro-F1", fmt(top["macro_f1"], ".3f") + noise, "held-out test split of its dataset"),
+        ("lift over the best baseline", lift, f"test noise sd {fmt((top['lift_sd'] or 0) * 100, '.2f')} points"),
+        (
+            "handled automatically",
+            f"{(top['automation_rate'] or 0):.1%}",
+            f"at {a['target_precision']:.0%} precision (its lower 95% bound on the test split)",
+        ),
+        (
+            "cost a month",
+            f"{month['usd']:,.2f} USD",
+            "; ".join(f"{i['what']}: {i['how']}" for i in month["items"])
+            + f"; {top['prices']['per_core_hour']} USD per core-hour, {top['prices']['per_gpu_hour']} per GPU-hour",
+        ),
+        (
+            "net value a month",
+            "n/a" if top["net_usd_month"] is None else f"{top['net_usd_month']:,.2f} USD",
+            f"{top['monthly_volume']:,} texts a month ({top['volume']}) x automation x {a['handling_cost']} USD saved, less {a['error_cost']} USD "
+            "per wrong automatic decision, less the cost a month (assumptions to be replaced by your own)",
+        ),
+        (
+            "previous version",
+            "none"
+            if prev is None
+            else f"v{prev['version']} ({prev['variant']}): macro-F1 "
+            f"{fmt(prev['macro_f1'], '.3f')}, {fmt(prev['usd_per_million'], '.3f')} USD per million",
+            "" if prev is None else f"gate: {prev['gate']}",
+        ),
+    ]
     return pl.DataFrame(rows, schema=["figure", "value", "how"], orient="row")
 
 # %% ../nbs/48_ledger.ipynb #4fabe534
-_CSP = ("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-        "style-src 'unsafe-inline'; font-src data:\">")
+_CSP = (
+    '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
+    "style-src 'unsafe-inline'; font-src data:\">"
+)
 
-def notebook_page(path: str | Path,  # an executed notebook
-                  code: bool = True,  # show the code cells (False: a report, outputs only)
-                 ) -> str:  # the HTML page
+
+def notebook_page(
+    path: str | Path,  # an executed notebook
+    code: bool = True,  # show the code cells (False: a report, outputs only)
+) -> str:  # the HTML page
     "An executed notebook as a self-contained HTML page: no script, nothing fetched from elsewhere."
     from nbconvert import HTMLExporter
-    exporter = HTMLExporter(template_name="lab", embed_images=True, exclude_input=not code,
-                            exclude_input_prompt=not code, exclude_output_prompt=not code)
+
+    exporter = HTMLExporter(
+        template_name="lab",
+        embed_images=True,
+        exclude_input=not code,
+        exclude_input_prompt=not code,
+        exclude_output_prompt=not code,
+    )
     page, _ = exporter.from_filename(str(path))
     page = re.sub(r"<script\b.*?</script>", "", page, flags=re.S | re.I)
     return re.sub(r"<head>", "<head>" + _CSP, page, count=1, flags=re.I)
