@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from .pii import ANY_PII, PII_KINDS, find_pii
-from .infer import Predictor, load_hf
+from .infer import Predictor, load_hf, runtime
 
 _log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Explainer:
         import torch
         pred = model if isinstance(model, Predictor) else Predictor.from_uri(str(model))
         self.pred, self.labels, self.method = pred, pred.labels, "integrated gradients"
-        if pred.variant == "baseline" or pred.variant.startswith("onnx"):  # no torch weights: leave each word out instead
+        if runtime(pred.variant) != "torch":  # no torch weights (a baseline, ONNX Runtime, OpenVINO): leave each word out
             self.method, self.max_words = "occlusion", 256
             return
         self.model, self.tok, self.labels = load_hf(pred.path)

@@ -17,13 +17,13 @@ from .config import set_offline
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['VARIANTS', 'Variant', 'QuantConfig', 'load_hf', 'quantize_int8', 'layer_sensitivity', 'build_variant', 'Predictor',
-           'scored_columns', 'baseline_variant', 'expected_calibration_error', 'single_text_cpu_ms', 'model_size_mb',
-           'measure', 'parity_report']
+__all__ = ['VARIANTS', 'Variant', 'QuantConfig', 'runtime', 'load_hf', 'quantize_int8', 'layer_sensitivity', 'build_variant',
+           'Predictor', 'scored_columns', 'blend_variant', 'baseline_variant', 'expected_calibration_error',
+           'single_text_cpu_ms', 'model_size_mb', 'measure', 'parity_report']
 
 # %% ../nbs/30_infer.ipynb #7b08aa15
-VARIANTS = ("fp32", "int8", "bf16", "onnx-fp32", "onnx-int8")
-Variant = Literal["fp32", "int8", "bf16", "onnx-fp32", "onnx-int8"]
+VARIANTS = ("fp32", "int8", "bf16", "onnx-fp32", "onnx-int8", "ov-int8")
+Variant = Literal["fp32", "int8", "bf16", "onnx-fp32", "onnx-int8", "ov-int8"]
 
 @dataclass(frozen=True)
 class QuantConfig:
@@ -37,6 +37,15 @@ class QuantConfig:
         if self.variant not in VARIANTS: raise ValueError(f"QuantConfig: variant {self.variant!r} is not one of {VARIANTS}")
         if self.keep_fp32 and self.variant != "int8": raise ValueError(f"QuantConfig: keep_fp32 only applies to the torch int8 variant, not {self.variant!r}")
         if self.max_length is not None and not 8 <= self.max_length <= 8192: raise ValueError(f"QuantConfig: max_length must be between 8 and 8192, got {self.max_length}")
+
+# %% ../nbs/30_infer.ipynb #922dc7f3
+def runtime(variant: str,  # a variant name, optionally with a blend (`int8+tfidf`), or `baseline`
+           ) -> str:  # "torch", "onnxruntime", "openvino" or "baseline"
+    "The engine that runs a variant."
+    v = variant.split("+")[0]
+    if v.startswith("onnx"): return "onnxruntime"
+    if v.startswith("ov-"): return "openvino"
+    return "baseline" if v in ("baseline", "tfidf", "embeddings") else "torch"
 
 # %% ../nbs/30_infer.ipynb #7a35b22f
 def _labels(cfg) -> list[str]:
@@ -103,19 +112,24 @@ def build_variant(model_dir: str | Path,  # the merged fp32 model folder from tr
                   quant: QuantConfig = QuantConfig(),  # which variant
                   baseline: str | Path | None = None,  # a baseline pipeline (`workbench.baselines`, joblib) to blend in
                   weight: float = 1.0,  # with `baseline`: the transformer's share of the blended probabilities
+                  calibration: Sequence[str] | None = None,  # ov-int8: texts whose activations set the int8 ranges
                  ) -> Path:  # the variant folder
-    "Write a variant folder: the model files, `variant.json`, for ONNX variants the graph, for a blend the baseline."
+    "Write a variant folder: the model files, `variant.json`, the ONNX or OpenVINO graph, for a blend the baseline."
     model_dir, out = Path(model_dir), Path(out)
+    if quant.variant == "ov-int8" and not calibration:
+        raise ValueError("ov-int8 is calibrated on texts: pass calibration= (a few hundred training texts)")
     model, tok, labels = load_hf(model_dir)
     if quant.keep_fp32: quantize_int8(model, quant.keep_fp32)  # validates the names now, not at load time
     tmp = out.with_name(out.name + ".tmp"); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    trained = json.loads((model_dir / "train_config.json").read_text()).get("max_length") if (model_dir / "train_config.json").exists() else None
+    length = quant.max_length or trained or 256
     if quant.variant.startswith("onnx"): _export_onnx(model, tok, tmp, int8=quant.variant == "onnx-int8")
+    elif quant.variant == "ov-int8": _export_openvino(model, tok, tmp, calibration, length)
     else: shutil.copytree(model_dir, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.onnx*"))
     model.config.save_pretrained(tmp); tok.save_pretrained(tmp)
     blend = _copy_baseline(baseline, weight, tmp) if baseline is not None else None
-    trained = json.loads((model_dir / "train_config.json").read_text()).get("max_length") if (model_dir / "train_config.json").exists() else None
     (tmp / "variant.json").write_text(json.dumps({"variant": quant.variant, "keep_fp32": list(quant.keep_fp32),
-                                                  "max_length": quant.max_length or trained or 256, "labels": labels,
+                                                  "max_length": length, "labels": labels,
                                                   **({"blend": blend} if blend else {})}, indent=1))
     shutil.rmtree(out, ignore_errors=True); tmp.replace(out)
     return out
@@ -151,6 +165,28 @@ def _export_onnx(model, tok, out: Path, int8: bool):
         (out / "model.onnx").unlink(); (out / "model.onnx.data").unlink(missing_ok=True)
         (out / "model.int8.onnx").rename(out / "model.onnx")
 
+# %% ../nbs/30_infer.ipynb #9c4058d7
+def _export_openvino(model, tok, out: Path, calibration: Sequence[str], max_length: int):
+    "The ONNX export converted by OpenVINO and quantized to static int8 by NNCF on `calibration` texts."
+    import nncf
+    import openvino as ov
+    from workbench.train import collate
+    texts = [t for t in calibration if isinstance(t, str) and t.strip()]
+    if len(texts) < 8:
+        raise ValueError(f"ov-int8 needs at least 8 calibration texts (a few hundred training texts), got {len(texts)}")
+    _export_onnx(model, tok, out, int8=False)
+    graph = ov.convert_model(str(out / "model.onnx"))
+    ids = tok(texts, truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    batches = [collate([ids[j] for j in order[i : i + 16]], tok.pad_token_id or 0) for i in range(0, len(order), 16)]
+    data = nncf.Dataset([{k: v.numpy() for k, v in b.items()} for b in batches])
+    nncf.set_log_level(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        quantized = nncf.quantize(graph, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches))
+    ov.save_model(quantized, str(out / "model.xml"), compress_to_fp16=False)
+    for f in out.glob("model.onnx*"):
+        f.unlink()
+
 # %% ../nbs/30_infer.ipynb #d9a042eb
 def _read_spec(path: Path) -> dict:
     "A folder's `variant.json` (a plain merged model folder runs as fp32)."
@@ -184,9 +220,11 @@ class Predictor:
         if self.max_length > limit: raise ValueError(f"max_length {self.max_length} is more than the model can read ({limit} positions)")
         self.labels = _labels(config)
         self._blend_entry(spec)
-        if self.variant.startswith("onnx"):
-            if device != "cpu": raise ValueError(f"{self.path}: ONNX variants run on ONNX Runtime's CPU provider here; use device='cpu'")
-            self._session()
+        engine = runtime(self.variant)
+        if engine != "torch" and device != "cpu":
+            raise ValueError(f"{self.path}: {self.variant} runs on {engine}'s CPU device here; use device='cpu'")
+        if engine == "onnxruntime": self._session()
+        elif engine == "openvino": self._openvino()
         else: self._torch(spec.get("keep_fp32", []))
 
     def _blend_entry(self, spec: dict):
@@ -220,6 +258,19 @@ class Predictor:
         try: self.session = ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad graphs
             raise ValueError(f"{f}: ONNX Runtime cannot load the model ({str(e)[:300]})") from e
+
+    def _openvino(self):
+        "An OpenVINO compiled model: bf16 for what is not int8 where the CPU has it (`OPTIMIZATION_CAPABILITIES`), else f32."
+        import openvino as ov
+        f = self.path / "model.xml"
+        if not f.exists(): raise FileNotFoundError(f"{self.path}: an OpenVINO variant without model.xml")
+        core = ov.Core()
+        self.precision = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.precision}
+        if self.threads: config["INFERENCE_NUM_THREADS"] = self.threads
+        try: self.compiled = core.compile_model(str(f), "CPU", config)
+        except Exception as e:  # OpenVINO raises RuntimeError for unreadable or inconsistent graphs
+            raise ValueError(f"{f}: OpenVINO cannot load the model ({str(e)[:300]})") from e
 
     @classmethod
     def from_uri(cls, uri: str,  # a folder, or `models:/NAME@ALIAS` / `models:/NAME/VERSION` / `runs:/...`
@@ -255,6 +306,8 @@ class Predictor:
         b = collate(ids, self.tok.pad_token_id or 0)
         if self.variant.startswith("onnx"):
             logits = self.session.run(None, {k: v.numpy() for k, v in b.items()})[0]
+        elif self.variant == "ov-int8":  # one infer request per batch: safe from several threads
+            logits = np.array(self.compiled.create_infer_request().infer({k: v.numpy() for k, v in b.items()})[0])
         else:
             import torch
             if self.threads and torch.get_num_threads() != self.threads: torch.set_num_threads(self.threads)  # process-wide in torch: set per batch
@@ -330,6 +383,26 @@ def scored_columns(pred: Predictor,  # the model
              else pl.DataFrame(schema={f"p_{l}": pl.Float64 for l in pred.labels}))
     return pl.concat([p.select(prediction="label", confidence="score", truncated="truncated", error="error"), probs], how="horizontal")
 
+# %% ../nbs/30_infer.ipynb #41b9e23e
+def blend_variant(variant: str | Path,  # a variant folder (`build_variant`), not itself a blend
+                  out: str | Path,  # the blended variant folder to write (replaced if it exists)
+                  baseline: str | Path,  # a baseline pipeline (`workbench.baselines`, joblib)
+                  weight: float,  # the transformer's share of the blended probabilities
+                 ) -> Path:  # the blended variant folder
+    "A copy of a built variant folder with a baseline blended in: no rebuild, no second calibration."
+    variant, out = Path(variant), Path(out)
+    spec = _read_spec(variant)
+    if spec.get("variant") == "baseline" or spec.get("blend"):
+        raise ValueError(f"{variant}: already a baseline or a blend; blend a plain variant folder")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(variant, tmp)
+    spec = {**spec, "blend": _copy_baseline(baseline, weight, tmp)}
+    (tmp / "variant.json").write_text(json.dumps(spec, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
 # %% ../nbs/30_infer.ipynb #d26869b2
 def baseline_variant(baseline: str | Path,  # a baseline pipeline (`workbench.baselines`, joblib)
                      out: str | Path,  # the variant folder to write (replaced if it exists)
@@ -366,7 +439,8 @@ def single_text_cpu_ms(pred: Predictor,  # the variant to measure
                       ) -> list[float]:  # CPU milliseconds of each call
     "The CPU time of single-text calls on one intra-op thread: what a text costs, however busy the machine is."
     import torch
-    one = Predictor(pred.path, threads=1, max_length=pred.max_length) if pred.variant.startswith("onnx") else pred
+    own_threads = runtime(pred.variant) in ("onnxruntime", "openvino")  # set when the session is made
+    one = Predictor(pred.path, threads=1, max_length=pred.max_length) if own_threads else pred
     saved = (torch.get_num_threads(), pred.threads)
     if one is pred: pred.threads = 1
     out = []
@@ -387,6 +461,7 @@ def model_size_mb(pred: Predictor) -> float:
     extra = (pred.path / pred.blend["file"]).stat().st_size / 2**20 if pred.blend else 0.0
     if pred.variant == "baseline": return extra
     if pred.variant.startswith("onnx"): return extra + sum(f.stat().st_size for f in pred.path.glob("model.onnx*")) / 2**20
+    if pred.variant == "ov-int8": return extra + sum((pred.path / f).stat().st_size for f in ("model.xml", "model.bin")) / 2**20
     import torch
     buf = io.BytesIO(); torch.save(pred.model.state_dict(), buf)
     return extra + buf.tell() / 2**20

@@ -18,7 +18,7 @@ import workbench
 import polars as pl
 
 from .config import git_commit, mlflow_experiment, workspace
-from .infer import Predictor, scored_columns
+from .infer import Predictor, runtime, scored_columns
 
 _log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ _MODEL_CODE = "import mlflow\nfrom workbench.registry import WorkbenchModel\nmlf
 def requirements(variant: str, blend: bool = False) -> list[str]:
     "Pinned pip requirements of a variant (and of its blended baseline), from the versions installed here."
     names = ["torch", "transformers", "tokenizers", "safetensors", "numpy", "polars", "pandas", "pyyaml", "tqdm", "mlflow"]
-    if variant.startswith("onnx"): names.append("onnxruntime")
+    engine = runtime(variant)
+    if engine in ("onnxruntime", "openvino"): names.append(engine)
     if blend: names += ["scikit-learn", "joblib"]
     out = []
     for n in names:

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from .baselines import best_baseline, bootstrap_lift, macro_f1
-from .infer import Predictor, QuantConfig, baseline_variant, build_variant, parity_report
+from .infer import Predictor, QuantConfig, baseline_variant, blend_variant, build_variant, parity_report
 
 _log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _alone(base: list[dict], folder: Path, labels: list[str]) -> dict[str, Predi
     return {b["kind"]: Predictor(baseline_variant(b["path"], folder / b["kind"], labels)) for b in base}
 
 # %% ../nbs/36_select.ipynb #437346c3
-def _blend(model_dir: Path, folder: Path, variants: list[str], b: dict, pb: np.ndarray, pv: dict, yv: np.ndarray,
+def _blend(dirs: dict, folder: Path, variants: list[str], b: dict, pb: np.ndarray, pv: dict, yv: np.ndarray,
           ) -> dict:
     "Every variant blended with baseline `b` (weight chosen for fp32): folders, cross-fitted validation probabilities."
     w, _ = blend_weight(pv["fp32"], pb, yv)
@@ -110,7 +110,7 @@ def _blend(model_dir: Path, folder: Path, variants: list[str], b: dict, pb: np.n
     out = {}
     for v in variants:
         name = f"{v}+{b['kind']}"
-        d = build_variant(model_dir, folder / name.replace("+", "-"), QuantConfig(v), baseline=b["path"], weight=w)
+        d = blend_variant(dirs[v], folder / name.replace("+", "-"), b["path"], w)  # no rebuild: the graph measured
         out[name] = (d, oof * pv[v] + (1 - oof) * pb)
     return out
 
@@ -148,7 +148,9 @@ def evaluate_candidates(model_dir: str | Path,  # the merged fp32 model folder o
     if va.height == 0 or te.height == 0:
         raise ValueError("the validation and test splits must both have rows to choose a model")
     built = list(dict.fromkeys(["fp32", *variants]))
-    dirs = {v: build_variant(model_dir, folder / v, QuantConfig(v)) for v in built}
+    pool = frames.get("train", va)
+    calibration = pool["text"].sample(n=min(256, pool.height), seed=0).to_list()  # ov-int8's activation ranges
+    dirs = {v: build_variant(model_dir, folder / v, QuantConfig(v), calibration=calibration) for v in built}
     preds = {v: Predictor(d) for v, d in dirs.items()}
     labels = preds["fp32"].labels
     k = len(labels)
@@ -161,7 +163,7 @@ def evaluate_candidates(model_dir: str | Path,  # the merged fp32 model folder o
     bv = {n: p.predict_proba(va["text"].to_list())[0] for n, p in alone.items()}
     parent = {v: "fp32" for v in dirs} | {n: n for n in alone}  # a baseline is its own parent
     for b in (b for b in base if b["kind"] in blend_with):  # one blend per baseline and variant
-        for name, (d, p) in _blend(model_dir, folder, built, b, bv[b["kind"]], pv, yv).items():
+        for name, (d, p) in _blend(dict(dirs), folder, built, b, bv[b["kind"]], pv, yv).items():
             dirs[name], preds[name], pv[name], parent[name] = d, Predictor(d), p, f"fp32+{b['kind']}"
     preds |= alone
     dirs |= {n: p.path for n, p in alone.items()}
