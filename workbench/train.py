@@ -18,8 +18,8 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['default_base_model', 'TrainConfig', 'load_splits', 'length_grouped_batches', 'collate', 'classification_metrics',
-           'build_model', 'predict_proba', 'rank_loss', 'fit', 'metric_key', 'confusion_figure', 'sample_rows', 'train',
-           'main']
+           'build_model', 'predict_proba', 'rank_loss', 'bf16_native', 'fit', 'metric_key', 'confusion_figure',
+           'sample_rows', 'train', 'main']
 
 # %% ../nbs/20_train.ipynb #f0b88a07
 def default_base_model() -> str:
@@ -47,7 +47,7 @@ class TrainConfig:
     patience: int = 2  # stop after this many epochs without a better validation macro-F1; 0 = never
     class_weights: Literal["none", "balanced"] = "balanced"  # "balanced" weighs the loss by inverse label frequency (macro-F1 counts every class alike)
     group_by_length: bool = True  # batch texts of similar length together (less padding)
-    bf16: bool = False  # bfloat16 autocast for the forward pass
+    bf16: bool = False  # bfloat16 autocast for the forward pass, where the device runs it natively (`bf16_native`); else fp32
     train_rows: int = 0  # train on a seeded sample of this many training rows (a quick or CPU-sized run); 0 = all
     freeze_layers: int = 0  # full fine-tuning: keep the embeddings and this many lowest encoder layers frozen (faster)
 
@@ -232,6 +232,16 @@ def rank_loss(logits,  # this rank's logits (its share of the batch)
     lsum = torch.nn.functional.cross_entropy(logits.float(), y_part, weight=weight, reduction="sum")
     return lsum / denom * (world if real else 0.0)
 
+# %% ../nbs/20_train.ipynb #92993ad8
+def bf16_native(device="cpu",  # a torch device or its name
+               ) -> bool:  # True where bfloat16 matmuls run in hardware
+    "Whether `device` runs bfloat16 natively: AVX-512 BF16 or AMX on a CPU, bf16 support on a CUDA GPU."
+    import torch
+    dev = torch.device(device)
+    if dev.type == "cuda": return bool(torch.cuda.is_bf16_supported())
+    if dev.type != "cpu": return False
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
 # %% ../nbs/20_train.ipynb #a2735968
 def fit(cfg: TrainConfig,  # the run's configuration
         train: pl.DataFrame,  # training examples: `text` and `label` columns
@@ -254,6 +264,9 @@ def fit(cfg: TrainConfig,  # the run's configuration
         unknown = set(df["label"].unique().to_list()) - set(labels)
         if unknown: raise ValueError(f"{name} has labels {sorted(map(str, unknown))} that are not in the label set {labels}")
     dev = torch.device(device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
+    bf16 = bool(cfg.bf16) and bf16_native(dev)
+    if cfg.bf16 and not bf16:
+        _log.warning("bf16 asked for, but %s has no native bfloat16 (AVX-512 BF16, AMX or a bf16 GPU): training in fp32", dev)
     tok = AutoTokenizer.from_pretrained(_check_base(cfg))
     x_tr, x_va = _encode(tok, train["text"], cfg.max_length), _encode(tok, valid["text"], cfg.max_length)
     y_tr = np.array([labels.index(l) for l in train["label"]]); y_va = np.array([labels.index(l) for l in valid["label"]])
@@ -293,12 +306,12 @@ def fit(cfg: TrainConfig,  # the run's configuration
             part = b[rank::world]; real = len(part) > 0
             if not real: part = b[:1]  # a last batch smaller than the world: every rank must still step together
             x = {k: v.to(dev) for k, v in collate([x_tr[j] for j in part], tok.pad_token_id).items()}
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = net(**x).logits
             loss = rank_loss(logits, torch.as_tensor(y_tr[part], device=dev), torch.as_tensor(y_tr[b], device=dev), weight, world, real)
             loss.backward(); opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
-        probs = predict_proba(model, x_va, pad_id=tok.pad_token_id, bf16=cfg.bf16)
+        probs = predict_proba(model, x_va, pad_id=tok.pad_token_id, bf16=bf16)
         met = classification_metrics(y_va, probs.argmax(1), labels)
         if world > 1:  # rank 0 decides, so that no rank can stop early alone
             box = [met]; torch.distributed.broadcast_object_list(box, src=0); met = box[0]
@@ -324,7 +337,8 @@ def fit(cfg: TrainConfig,  # the run's configuration
     model.load_state_dict(state["best"], strict=False)
     result = {"interrupted": False, "labels": labels, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"] + 1,
               "stopped_early": state["epoch"] + 1 < cfg.epochs, "validation": state["best_metrics"], "history": state["history"],
-              "out": str(out), "adapter": str(out / "adapter") if cfg.method == "lora" else None, "model": str(out / "model")}
+              "out": str(out), "adapter": str(out / "adapter") if cfg.method == "lora" else None, "model": str(out / "model"),
+              "bf16": bf16}
     if rank == 0: _save_final(cfg, model, tok, result, out)
     if world > 1: torch.distributed.barrier()
     return result
