@@ -433,6 +433,7 @@ def train(cfg: TrainConfig,  # the run's configuration
     if run and res["interrupted"]: mlflow.end_run("KILLED")
     elif run:
         v = res["validation"]
+        mlflow.set_tag("workbench.bf16_used", str(res.get("bf16", False)).lower())  # what `fit` ran: bf16 only where native
         mlflow.log_metrics({"best_val_macro_f1": v["macro_f1"], "best_val_accuracy": v["accuracy"], "best_epoch": res["best_epoch"],
                             **{f"val_f1_{metric_key(k)}": c["f1"] for k, c in v["per_class"].items()}})
         for b in res["baselines"]:
